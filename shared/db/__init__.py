@@ -1,0 +1,1 @@
+"""PostgreSQL access: engines, sessions, one schema per service, migrations, the embedded server."""

@@ -1,0 +1,1 @@
+"""Delivery machinery: transactional outbox, relay, transports and the consumer runner."""

@@ -1,0 +1,152 @@
+"""The relay: moves committed outbox rows to the transport, in id order, then marks them.
+
+One relay per service is active at a time: it holds a session-level advisory lock on a
+connection of its own, and standbys retry the lock until the holder goes away. A row is
+marked published only after the transport acknowledged it, so a crash in between
+publishes it again on restart; consumers deduplicate by event id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from shared import metrics
+from shared.pipeline.tables import OUTBOX_CHANNEL
+from shared.pipeline.transports.base import OutgoingMessage, Transport, TransportError
+
+log = structlog.get_logger(__name__)
+
+
+class Relay:
+    """The outbox relay of one service schema."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        schema: str,
+        transport: Transport,
+        *,
+        batch_size: int = 500,
+        poll_interval: float = 0.5,
+        standby_interval: float = 2.0,
+        retention_seconds: float = 3600.0,
+    ) -> None:
+        self.engine = engine
+        self.schema = schema
+        self.transport = transport
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.standby_interval = standby_interval
+        self.retention_seconds = retention_seconds
+        self._wakeup = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self.is_leader = False
+        self._last_purge = 0.0
+
+    def stop(self) -> None:
+        """Ask the relay to finish the batch in hand and return."""
+        self._stopping.set()
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Run until `stop()`: wait for leadership, then relay; survive connection loss."""
+        while not self._stopping.is_set():
+            try:
+                async with self.engine.connect() as connection:
+                    if await self._try_lead(connection):
+                        await self._lead(connection)
+                        return
+            except (OSError, DBAPIError, TransportError) as exc:
+                log.warning("relay.error", schema=self.schema, error=str(exc))
+            finally:
+                self.is_leader = False
+            await self._sleep(self.standby_interval)
+
+    async def _try_lead(self, connection: AsyncConnection) -> bool:
+        acquired = (
+            await connection.execute(
+                text("SELECT pg_try_advisory_lock(hashtextextended(:name, 0))"),
+                {"name": f"crm.relay.{self.schema}"},
+            )
+        ).scalar_one()
+        await connection.commit()
+        return bool(acquired)
+
+    async def _lead(self, connection: AsyncConnection) -> None:
+        self.is_leader = True
+        log.info("relay.leading", schema=self.schema)
+        raw = await connection.get_raw_connection()
+        driver: Any = raw.driver_connection
+        await driver.add_listener(OUTBOX_CHANNEL, self._on_notify)
+        try:
+            while not self._stopping.is_set():
+                moved = await self.relay_batch(connection)
+                if moved < self.batch_size:
+                    await self._sleep(self.poll_interval)
+        finally:
+            with contextlib.suppress(OSError, DBAPIError):
+                await driver.remove_listener(OUTBOX_CHANNEL, self._on_notify)
+                await connection.execute(
+                    text("SELECT pg_advisory_unlock(hashtextextended(:name, 0))"),
+                    {"name": f"crm.relay.{self.schema}"},
+                )
+                await connection.commit()
+
+    def _on_notify(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
+        if payload == self.schema:
+            self._wakeup.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), seconds)
+        except TimeoutError:
+            pass
+        self._wakeup.clear()
+
+    async def relay_batch(self, connection: AsyncConnection) -> int:
+        """Publish one batch of unpublished rows and mark them; returns how many moved."""
+        rows = (
+            await connection.execute(
+                text(
+                    f'SELECT id, topic, key, payload FROM "{self.schema}".outbox '
+                    "WHERE published_at IS NULL ORDER BY id LIMIT :limit"
+                ),
+                {"limit": self.batch_size},
+            )
+        ).all()
+        await connection.commit()
+        if not rows:
+            await self._purge(connection)
+            return 0
+        await self.transport.publish(
+            [OutgoingMessage(topic, key, payload.encode()) for _, topic, key, payload in rows]
+        )
+        await connection.execute(
+            text(f'UPDATE "{self.schema}".outbox SET published_at = now() WHERE id = ANY(:ids)'),
+            {"ids": [row[0] for row in rows]},
+        )
+        await connection.commit()
+        metrics.EVENTS_PUBLISHED.labels(self.schema).inc(len(rows))
+        return len(rows)
+
+    async def _purge(self, connection: AsyncConnection) -> None:
+        """Drop published rows past retention, at most once a minute, when idle."""
+        now = asyncio.get_running_loop().time()
+        if now - self._last_purge < 60:
+            return
+        self._last_purge = now
+        await connection.execute(
+            text(
+                f'DELETE FROM "{self.schema}".outbox WHERE published_at IS NOT NULL '
+                "AND published_at < now() - make_interval(secs => :seconds)"
+            ),
+            {"seconds": self.retention_seconds},
+        )
+        await connection.commit()

@@ -1,0 +1,77 @@
+"""Process-wide configuration, read from `CRM_`-prefixed environment variables.
+
+One `Settings` instance is built per process by the entry point (the app factory or the
+`crm` command) and passed down; nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "CRM_"
+
+SERVICE_NAMES: tuple[str, ...] = ("contacts", "loyalty", "referrals", "scoring", "messaging")
+
+
+class Settings(BaseSettings):
+    """All settings of a CRM process; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path(".crm"),
+        description="Where the embedded PostgreSQL keeps its data and the JWT key is stored.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL for every service; empty means the embedded server.",
+    )
+    contacts_database_url: str | None = None
+    loyalty_database_url: str | None = None
+    referrals_database_url: str | None = None
+    scoring_database_url: str | None = None
+    messaging_database_url: str | None = None
+    database_pool_size: int = Field(default=10, ge=1)
+
+    transport: Literal["postgres", "kafka"] = "postgres"
+    kafka_bootstrap_servers: str = "localhost:9092"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_create_topics: bool = True
+    kafka_partitions: int = Field(default=4, ge=1)
+    kafka_replication_factor: int = Field(default=1, ge=1)
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=1000)
+    kafka_heartbeat_interval_ms: int = Field(default=1_000, ge=100)
+    eventlog_partitions: int = Field(default=4, ge=1, description="Postgres transport only.")
+
+    relay_batch_size: int = Field(default=500, ge=1)
+    relay_poll_interval_seconds: float = Field(default=0.5, gt=0)
+    consumer_batch_size: int = Field(default=500, ge=1)
+    consumer_max_attempts: int = Field(default=3, ge=1)
+    consumer_retry_backoff_seconds: float = Field(default=0.2, ge=0)
+    consumer_poll_interval_seconds: float = Field(default=1.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+
+    jwt_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC key for bearer tokens; generated into the data folder when empty.",
+    )
+    jwt_issuer: str = "crm"
+    jwt_audience: str = "crm"
+    idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=1)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    def database_url_for(self, service: str) -> str | None:
+        """The URL a service uses: its own override, else the common one."""
+        override: str | None = getattr(self, f"{service}_database_url", None)
+        return override or self.database_url

