@@ -42,21 +42,32 @@ class Runtime:
         self.services = {service.name: service for service in services}
         self.engines = Engines(settings.database_pool_size)
         self._urls: dict[str, str] = {}
+        self._default = ""
         self._sessions: dict[str, async_sessionmaker[AsyncSession]] = {}
         self.transport: Transport | None = None
         self._workers: list[tuple[Relay | ConsumerRunner, asyncio.Task[None]]] = []
 
     async def start(self, *, migrate_schemas: bool = True) -> None:
         """Resolve databases, migrate, and connect the transport."""
-        default_url = await self._default_url()
-        for name, service in self.services.items():
-            url = self.settings.database_url_for(name) or default_url
+        await self.open_databases()
+        if migrate_schemas:
+            await self.migrate()
+        self.transport = self._make_transport(self._default)
+        await self.transport.start()
+
+    async def open_databases(self) -> None:
+        """Decide each service's database, starting the embedded server when none is set."""
+        self._default = await self._default_url()
+        for name in self.services:
+            url = self.settings.database_url_for(name) or self._default
             self._urls[name] = url
             self._sessions[name] = session_factory(self.engines.get(url))
-            if migrate_schemas:
-                await migrate(self.engines.get(url), service.schema, service.migrations)
-        self.transport = self._make_transport(default_url)
-        await self.transport.start()
+
+    async def migrate(self, names: Sequence[str] | None = None) -> None:
+        """Apply each named service's migrations (all by default) to its own schema."""
+        for name in names or list(self.services):
+            service = self.services[name]
+            await migrate(self.engine(name), service.schema, service.migrations)
 
     async def _default_url(self) -> str:
         if self.settings.database_url:
@@ -106,7 +117,7 @@ class Runtime:
                 batch_size=settings.relay_batch_size,
                 poll_interval=settings.relay_poll_interval_seconds,
             )
-            self._workers.append((relay, asyncio.create_task(relay.run(), name=f"relay:{name}")))
+            self._spawn(relay, f"relay:{name}")
             group = service.consumer_group
             if group is None:
                 continue
@@ -119,9 +130,12 @@ class Runtime:
                 retry_backoff=settings.consumer_retry_backoff_seconds,
                 poll_interval=settings.consumer_poll_interval_seconds,
             )
-            self._workers.append(
-                (runner, asyncio.create_task(runner.run(), name=f"consumer:{name}"))
-            )
+            self._spawn(runner, f"consumer:{name}")
+
+    def _spawn(self, worker: Relay | ConsumerRunner, name: str) -> None:
+        task = asyncio.create_task(worker.run(), name=name)
+        task.add_done_callback(_report_crash)
+        self._workers.append((worker, task))
 
     async def stop_workers(self) -> None:
         """Let each worker finish the batch in hand; cancel what outlives the grace period."""
@@ -144,3 +158,9 @@ class Runtime:
             await self.transport.stop()
             self.transport = None
         await self.engines.dispose()
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    """Workers retry transient faults themselves; anything that kills one must be seen."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("worker.crashed", worker=task.get_name(), error=repr(task.exception()))

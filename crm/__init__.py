@@ -1,0 +1,1 @@
+"""The `crm` command: the composition root that wires the five services together."""

@@ -1,0 +1,161 @@
+"""`crm`: run the system, one service, its workers; migrate; issue tokens; print schemas.
+
+Configuration comes from `CRM_` environment variables (see the README); the commands
+only choose what to run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from crm.services import ALL_SERVICES, by_name
+from shared.auth import Scope, issue_token, signing_key
+from shared.events import EVENTS
+from shared.events.schema import render
+from shared.http.app import create_app
+from shared.logging import configure_logging
+from shared.runtime import Runtime
+from shared.service import ServiceDefinition
+from shared.settings import Settings
+
+app = typer.Typer(
+    help="Customer retention backend: services, workers and tools.", no_args_is_help=True
+)
+token_app = typer.Typer(help="Bearer tokens.", no_args_is_help=True)
+events_app = typer.Typer(help="The event contract.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+app.add_typer(events_app, name="events")
+
+ServiceName = Annotated[
+    str, typer.Argument(help="contacts, loyalty, referrals, scoring or messaging")
+]
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    return settings
+
+
+def _service(name: str) -> ServiceDefinition:
+    try:
+        return by_name(name)
+    except KeyError as exc:
+        raise typer.BadParameter(str(exc.args[0])) from exc
+
+
+def _serve(settings: Settings, services: list[ServiceDefinition], run_workers: bool) -> None:
+    application = create_app(settings, services, run_workers=run_workers)
+    config = uvicorn.Config(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        lifespan="on",
+    )
+    uvicorn.Server(config).run()
+
+
+@app.command()
+def up() -> None:
+    """Run all five services, their relays and consumers, in one process on one port."""
+    settings = _settings()
+    _, created = signing_key(settings)
+    base = f"http://{settings.host}:{settings.port}"
+    typer.echo(f"CRM listening on {base}  (health: {base}/v1/contacts/healthz, docs: {base}/docs)")
+    if settings.database_url is None:
+        typer.echo(f"Embedded PostgreSQL data: {Path(settings.data_dir).resolve() / 'pg'}")
+    if created:
+        token = issue_token(
+            settings, subject="admin", scopes=[Scope.ADMIN], ttl=timedelta(days=365)
+        )
+        typer.echo("First start: an admin token (valid one year; `crm token issue` makes more):")
+        typer.echo(f"  {token}")
+    _serve(settings, list(ALL_SERVICES), run_workers=True)
+
+
+@app.command()
+def serve(service: ServiceName) -> None:
+    """Run one service's HTTP API (its workers run separately: `crm worker`)."""
+    settings = _settings()
+    _serve(settings, [_service(service)], run_workers=False)
+
+
+@app.command()
+def worker(service: ServiceName) -> None:
+    """Run one service's outbox relay and event consumers until SIGTERM."""
+    settings = _settings()
+    asyncio.run(_run_worker(settings, _service(service)))
+
+
+async def _run_worker(settings: Settings, service: ServiceDefinition) -> None:
+    runtime = Runtime(settings, [service])
+    await runtime.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runtime.start_workers()
+    typer.echo(f"{service.name} worker running; SIGTERM stops it after the batch in hand")
+    try:
+        await stop.wait()
+    finally:
+        await runtime.stop()
+
+
+@app.command("migrate")
+def migrate_command(
+    service: Annotated[str | None, typer.Argument(help="One service; all when omitted")] = None,
+) -> None:
+    """Apply database migrations (safe to run twice, and from several processes at once)."""
+    settings = _settings()
+    services = [_service(service)] if service else list(ALL_SERVICES)
+    asyncio.run(_migrate(settings, services))
+    typer.echo("migrated: " + ", ".join(s.name for s in services))
+
+
+async def _migrate(settings: Settings, services: list[ServiceDefinition]) -> None:
+    runtime = Runtime(settings, services)
+    try:
+        await runtime.open_databases()
+        await runtime.migrate()
+    finally:
+        await runtime.stop()
+
+
+@token_app.command("issue")
+def token_issue(
+    scope: Annotated[list[Scope], typer.Option("--scope", help="Repeat for several scopes")],
+    subject: Annotated[str, typer.Option(help="Who the token is for")] = "operator",
+    store: Annotated[str | None, typer.Option(help="The store a POS token belongs to")] = None,
+    days: Annotated[float, typer.Option(help="Validity in days")] = 30.0,
+) -> None:
+    """Print a signed bearer token."""
+    settings = Settings()
+    typer.echo(
+        issue_token(
+            settings, subject=subject, scopes=scope, store_id=store, ttl=timedelta(days=days)
+        )
+    )
+
+
+@events_app.command("schema")
+def events_schema(
+    output: Annotated[
+        Path | None, typer.Option(help="Write to this file instead of stdout")
+    ] = None,
+) -> None:
+    """Print the AsyncAPI document (with JSON Schemas) of every event type."""
+    document = render(EVENTS)
+    if output is None:
+        typer.echo(document, nl=False)
+    else:
+        output.write_text(document)

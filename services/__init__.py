@@ -1,0 +1,1 @@
+"""The five services; each package exposes a `SERVICE` definition."""

@@ -1,0 +1,1 @@
+"""Alembic revisions of this service's schema, applied in order by `crm migrate`."""

@@ -1,0 +1,12 @@
+"""The messaging service: segment-targeted offers, triggers, A/B tests and contact policy."""
+
+from pathlib import Path
+
+from services.messaging.api import routes
+from shared.service import ServiceDefinition
+
+SERVICE = ServiceDefinition(
+    name="messaging",
+    routes=routes,
+    migrations=Path(__file__).parent / "migrations",
+)

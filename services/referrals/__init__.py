@@ -1,0 +1,12 @@
+"""The referrals service: referral codes, attribution, two-sided rewards and abuse guards."""
+
+from pathlib import Path
+
+from services.referrals.api import routes
+from shared.service import ServiceDefinition
+
+SERVICE = ServiceDefinition(
+    name="referrals",
+    routes=routes,
+    migrations=Path(__file__).parent / "migrations",
+)

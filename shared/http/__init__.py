@@ -1,0 +1,1 @@
+"""HTTP conventions every service shares: the app factory, errors, idempotency, request ids."""
