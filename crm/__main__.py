@@ -1,0 +1,5 @@
+"""`python -m crm` is the same as the `crm` console script."""
+
+from crm.cli import app
+
+app()

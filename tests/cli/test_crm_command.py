@@ -1,0 +1,162 @@
+"""The `crm` command as a user runs it: a real process, a real embedded server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+
+from shared.events import EVENTS
+from shared.events.schema import render
+
+CRM = [sys.executable, "-m", "crm"]
+SERVICES = ("contacts", "loyalty", "referrals", "scoring", "messaging")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def data_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="crm-cli-"))
+    yield path
+    subprocess.run(
+        [
+            Path(sys.executable).parent / "python",
+            "-c",
+            "import sys; from tests.conftest import _stop_server; from pathlib import Path;"
+            " _stop_server(Path(sys.argv[1]))",
+            str(path),
+        ],
+        check=False,
+    )
+
+
+def environment(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
+    env.update({"CRM_DATA_DIR": str(data_dir), "CRM_LOG_JSON": "true", **extra})
+    return env
+
+
+def start_up(data_dir: Path, port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*CRM, "up"],
+        env=environment(data_dir, CRM_PORT=str(port)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_healthy(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/contacts/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"crm up did not serve within {timeout} s")
+
+
+def stop(process: subprocess.Popen[str]) -> str:
+    process.send_signal(signal.SIGTERM)
+    output, logs = process.communicate(timeout=30)
+    # uvicorn re-raises the signal after its graceful shutdown, as servers conventionally do.
+    assert process.returncode in (0, -signal.SIGTERM), logs
+    assert '"event": "app.stopped"' in logs, "the lifespan must finish its shutdown"
+    return output
+
+
+def test_up_serves_every_service_and_prints_an_admin_token_once(data_dir: Path) -> None:
+    port = free_port()
+    process = start_up(data_dir, port)
+    try:
+        wait_healthy(port)
+        for service in SERVICES:
+            response = httpx.get(f"http://127.0.0.1:{port}/v1/{service}/healthz")
+            assert response.json() == {"status": "ok", "service": service}
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+    finally:
+        first_output = stop(process)
+    assert f"http://127.0.0.1:{port}" in first_output
+    token = first_output.split("admin token", 1)[1].split()[-1]
+    secret = (data_dir / "jwt-secret").read_text().strip()
+    claims = jwt.decode(token, secret, algorithms=["HS256"], audience="crm")
+    assert claims["scope"] == "admin"
+
+    port = free_port()
+    again = start_up(data_dir, port)
+    try:
+        wait_healthy(port)
+    finally:
+        second_output = stop(again)
+    assert "admin token" not in second_output, "the token is printed on first start only"
+
+
+def test_token_issue_makes_a_verifiable_store_token(data_dir: Path) -> None:
+    result = subprocess.run(
+        [*CRM, "token", "issue", "--scope", "pos", "--store", "kl-01", "--subject", "till-3"],
+        env=environment(data_dir),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    secret = (data_dir / "jwt-secret").read_text().strip()
+    claims = jwt.decode(result.stdout.strip(), secret, algorithms=["HS256"], audience="crm")
+    assert (claims["scope"], claims["store"], claims["sub"]) == ("pos", "kl-01", "till-3")
+
+
+def test_token_issue_refuses_an_unknown_scope(data_dir: Path) -> None:
+    result = subprocess.run(
+        [*CRM, "token", "issue", "--scope", "root"],
+        env=environment(data_dir),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "root" in result.stderr
+
+
+def test_migrate_twice_at_once_is_safe(data_dir: Path) -> None:
+    runs = [
+        subprocess.Popen(
+            [*CRM, "migrate"],
+            env=environment(data_dir),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for run in runs:
+        out, err = run.communicate(timeout=60)
+        assert run.returncode == 0, err
+        assert "migrated: contacts, loyalty, referrals, scoring, messaging" in out
+
+
+def test_events_schema_prints_the_committed_document() -> None:
+    result = subprocess.run([*CRM, "events", "schema"], capture_output=True, text=True, check=True)
+    assert result.stdout == render(EVENTS)
+
+
+def test_unknown_service_is_a_clear_error(data_dir: Path) -> None:
+    result = subprocess.run(
+        [*CRM, "serve", "billing"], env=environment(data_dir), capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "no service called 'billing'" in result.stderr

@@ -1,0 +1,75 @@
+"""Relay election and shutdown, and the outbox's atomicity with the business transaction."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from shared.pipeline.outbox import add_event
+from tests.pipeline.harness import SCHEMA, PingRecorded, Pipeline, pings, wait_until
+
+
+@pytest.fixture
+async def pipeline(database_url: str) -> AsyncIterator[Pipeline]:
+    started = await Pipeline.start(database_url)
+    try:
+        yield started
+    finally:
+        await started.close()
+
+
+async def test_only_one_relay_leads_and_a_standby_takes_over(pipeline: Pipeline) -> None:
+    first, second = pipeline.relay(), pipeline.relay()
+    second.standby_interval = 0.1
+    first_task = pipeline.run(first)
+
+    async def first_leads() -> bool:
+        return first.is_leader
+
+    await wait_until(first_leads)
+    pipeline.run(second)
+    await asyncio.sleep(0.5)
+    assert not second.is_leader, "the advisory lock admits one relay per service"
+
+    first_task.cancel()
+    await asyncio.gather(first_task, return_exceptions=True)
+
+    async def second_leads() -> bool:
+        return second.is_leader
+
+    await wait_until(second_leads, timeout=10)
+    pipeline.run(pipeline.consumer("group-a"))
+    await pipeline.publish(pings(entities=2, per_entity=5))
+
+    async def delivered() -> bool:
+        return len(await pipeline.applied("group-a")) == 10
+
+    await wait_until(delivered)
+
+
+async def test_rolled_back_transaction_publishes_nothing(pipeline: Pipeline) -> None:
+    with pytest.raises(RuntimeError):
+        async with pipeline.sessions() as session, session.begin():
+            await add_event(session, SCHEMA, PingRecorded(entity="e0", seq=0), source="t")
+            raise RuntimeError("the business change failed")
+    assert await pipeline.scalar(f"SELECT count(*) FROM {SCHEMA}.outbox") == 0
+
+
+async def test_stopped_workers_finish_their_batch_and_return(pipeline: Pipeline) -> None:
+    relay = pipeline.relay()
+    consumer = pipeline.consumer("group-a")
+    tasks = [pipeline.run(relay), pipeline.run(consumer)]
+    await pipeline.publish(pings(entities=1, per_entity=50))
+
+    async def delivered() -> bool:
+        return len(await pipeline.applied("group-a")) == 50
+
+    await wait_until(delivered)
+    relay.stop()
+    consumer.stop()
+    done, pending = await asyncio.wait(tasks, timeout=5)
+    assert not pending, "stop() must end both loops promptly"
+    for task in done:
+        assert task.exception() is None
