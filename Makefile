@@ -6,19 +6,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed-test
-PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+UV_VERSION := 0.13.8
+# uv installs the pinned dependencies several times faster than pip; pip only bootstraps it.
+PIP := $(BIN)/uv pip install --quiet --python $(BIN)/python
 
 .PHONY: run test lint format bench clean
 
 # `make run` installs only what the services need, so a fresh machine serves sooner;
 # the test, lint and bench targets add the test extras.
-$(RUN_STAMP): pyproject.toml
+$(BIN)/uv:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(RUN_STAMP): pyproject.toml | $(BIN)/uv
 	$(PIP) -e .
 	@touch $(RUN_STAMP)
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(STAMP): pyproject.toml | $(BIN)/uv
 	$(PIP) -e ".[test]"
 	@touch $(RUN_STAMP) $(STAMP)
 
