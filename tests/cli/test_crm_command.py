@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +18,8 @@ import httpx
 import jwt
 import pytest
 
+from shared.db.embedded import stop_embedded_server
+from shared.db.embedded import stop_embedded_server
 from shared.events import EVENTS
 from shared.events.schema import render
 
@@ -33,16 +37,8 @@ def free_port() -> int:
 def data_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="crm-cli-"))
     yield path
-    subprocess.run(
-        [
-            Path(sys.executable).parent / "python",
-            "-c",
-            "import sys; from tests.conftest import _stop_server; from pathlib import Path;"
-            " _stop_server(Path(sys.argv[1]))",
-            str(path),
-        ],
-        check=False,
-    )
+    stop_embedded_server(path)  # in case a crm process died without stopping it
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def environment(data_dir: Path, **extra: str) -> dict[str, str]:
@@ -160,3 +156,46 @@ def test_unknown_service_is_a_clear_error(data_dir: Path) -> None:
     )
     assert result.returncode != 0
     assert "no service called 'billing'" in result.stderr
+
+
+def test_embedded_server_stops_with_the_last_crm_process(data_dir: Path) -> None:
+    assert not (data_dir / "pg" / "postmaster.pid").exists()
+
+
+def test_serve_runs_one_service_alone(data_dir: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [*CRM, "serve", "loyalty"],
+        env=environment(data_dir, CRM_PORT=str(port)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/loyalty/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/loyalty/readyz").status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/contacts/healthz").status_code == 404
+    finally:
+        stop(process)
+
+
+def test_worker_stops_cleanly_on_sigterm(data_dir: Path) -> None:
+    process = subprocess.Popen(
+        [*CRM, "worker", "scoring"],
+        env=environment(data_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()  # printed once the relay and consumer are running
+    assert "scoring worker running" in line
+    process.send_signal(signal.SIGTERM)
+    _, logs = process.communicate(timeout=30)
+    assert process.returncode == 0, logs
