@@ -66,6 +66,26 @@ class Settings(BaseSettings):
     jwt_audience: str = "crm"
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=1)
 
+    public_base_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="Where customers reach the API (links in confirmation and unsubscribe).",
+    )
+    contacts_default_region: str = Field(
+        default="MY",
+        pattern="^[A-Z]{2}$",
+        description="Region for phone numbers written without a country code (MY, TH, ...).",
+    )
+    contacts_card_prefix: str = Field(
+        default="88", pattern="^[0-9]{1,6}$", description="First digits of generated cards."
+    )
+    contacts_card_length: int = Field(default=12, ge=8, le=19)
+    contacts_max_request_bytes: int = Field(default=64 * 1024, ge=1024)
+    contacts_export_services: dict[str, str] = Field(
+        default_factory=dict,
+        description="Other services' base URLs whose GDPR export parts are gathered, "
+        'as JSON: {"loyalty": "http://loyalty:8000"}.',
+    )
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = "INFO"

@@ -12,9 +12,10 @@ from pydantic import ValidationError
 
 from crm.services import ALL_SERVICES
 from shared.events import EVENTS, Event, EventEnvelope, EventRegistry, UnknownEventVersion
-from shared.events.contacts import CustomerSignedUp
+from shared.events.contacts import CustomerSignedUp, ProfileSnapshot
 from shared.events.schema import asyncapi_document, render
 
+PROFILE = ProfileSnapshot(given_name="Aisyah", email="aisyah@example.my")
 COMMITTED = Path(__file__).parents[2] / "docs" / "events" / "asyncapi.json"
 
 
@@ -53,7 +54,9 @@ def test_registry_refuses_a_second_model_for_one_type_and_version() -> None:
 
 def test_envelope_round_trip_and_subject_is_the_customer() -> None:
     customer = uuid.uuid4()
-    event = CustomerSignedUp(customer_id=customer, signed_up_at=datetime.now(UTC))
+    event = CustomerSignedUp(
+        customer_id=customer, profile=PROFILE, source="pos", signed_up_at=datetime.now(UTC)
+    )
     envelope = event.to_envelope(source="contacts")
     assert envelope.subject == str(customer)
     parsed = EVENTS.parse(EventEnvelope.model_validate_json(envelope.model_dump_json()))
@@ -62,7 +65,7 @@ def test_envelope_round_trip_and_subject_is_the_customer() -> None:
 
 def test_unknown_version_and_bad_data_are_refused() -> None:
     envelope = CustomerSignedUp(
-        customer_id=uuid.uuid4(), signed_up_at=datetime.now(UTC)
+        customer_id=uuid.uuid4(), profile=PROFILE, source="api", signed_up_at=datetime.now(UTC)
     ).to_envelope(source="contacts")
     with pytest.raises(UnknownEventVersion):
         EVENTS.parse(envelope.model_copy(update={"schema_version": 7}))
