@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     jwt_issuer: str = "crm"
     jwt_audience: str = "crm"
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=1)
+    max_request_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Largest JSON request body; streamed uploads (text/csv) are exempt.",
+    )
 
     public_base_url: str = Field(
         default="http://127.0.0.1:8000",
@@ -79,7 +84,6 @@ class Settings(BaseSettings):
         default="88", pattern="^[0-9]{1,6}$", description="First digits of generated cards."
     )
     contacts_card_length: int = Field(default=12, ge=8, le=19)
-    contacts_max_request_bytes: int = Field(default=64 * 1024, ge=1024)
     contacts_export_services: dict[str, str] = Field(
         default_factory=dict,
         description="Other services' base URLs whose GDPR export parts are gathered, "

@@ -22,6 +22,7 @@ from starlette.types import Scope
 
 from shared.auth import TokenVerifier, signing_key
 from shared.http.idempotency import IdempotencyMiddleware
+from shared.http.limits import BodySizeLimitMiddleware
 from shared.http.middleware import RequestContextMiddleware
 from shared.http.problems import Problem, install_problem_handlers
 from shared.runtime import Runtime
@@ -93,6 +94,7 @@ def create_app(
         principal_of=principal_of,
         ttl_seconds=lambda: settings.idempotency_ttl_seconds,
     )
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestContextMiddleware)
     return app
 

@@ -81,3 +81,31 @@ async def test_health_readiness_and_metrics(client: httpx.AsyncClient) -> None:
     assert (await client.get("/v1/httptest/readyz")).status_code == 200
     metrics = await client.get("/metrics")
     assert "crm_http_requests_total" in metrics.text
+
+
+async def test_oversize_body_is_413_and_changes_nothing(database_url: str) -> None:
+    from shared.http.app import create_app
+    from tests.http.app import HTTP_TEST_SERVICE, client_for, make_settings
+
+    settings = make_settings(database_url, max_request_bytes=2048)
+    async with client_for(create_app(settings, [HTTP_TEST_SERVICE])) as client:
+        headers = bearer(settings, Scope.POS)
+        big = {"name": "x" * 4096, "qty": 1}
+        response = await client.post("/v1/httptest/orders", json=big, headers=headers)
+        assert response.status_code == 413
+        assert response.headers["content-type"] == PROBLEM
+        assert response.json()["type"].endswith("/payload-too-large")
+
+        async def chunks():  # no Content-Length: counted as it streams
+            for _ in range(4):
+                yield b" " * 1024
+            yield b'{"name": "y", "qty": 1}'
+
+        streamed = await client.post(
+            "/v1/httptest/orders",
+            content=chunks(),
+            headers={**headers, "Content-Type": "application/json"},
+        )
+        assert streamed.status_code == 413
+        count = await client.get("/v1/httptest/orders/count", headers=bearer(settings, Scope.READ))
+        assert count.json() == {"count": 0}
