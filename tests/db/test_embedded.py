@@ -36,7 +36,8 @@ async def test_migrations_make_the_schema_and_run_twice(database_url: str) -> No
                     )
                 ).scalars()
             )
-        assert version == "contacts_0001"
+        newest = max(p.name for p in CONTACTS_MIGRATIONS.glob("2*.py"))
+        assert version == f"contacts_{newest.split('_')[1]}", "the newest revision is applied"
         assert {"outbox", "inbox", "idempotency_keys", "alembic_version"} <= tables
     finally:
         await engine.dispose()
