@@ -88,7 +88,11 @@ class Runtime:
                 "transactions, so every service must use one database; use "
                 "CRM_TRANSPORT=kafka for separate databases"
             )
-        return PostgresTransport(self.engines.get(default_url), self.settings.eventlog_partitions)
+        return PostgresTransport(
+            self.engines.get(default_url),
+            self.settings.eventlog_partitions,
+            retention_hours=self.settings.eventlog_retention_hours,
+        )
 
     def registry_topics(self) -> set[str]:
         """Every topic of every registry the services use."""

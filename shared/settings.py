@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1000)
     kafka_heartbeat_interval_ms: int = Field(default=1_000, ge=100)
     eventlog_partitions: int = Field(default=4, ge=1, description="Postgres transport only.")
+    eventlog_retention_hours: float = Field(
+        default=7 * 24,
+        gt=0,
+        description="Postgres transport: events older than this leave the log, like Kafka's"
+        " retention.ms; erased customers' published events go with them.",
+    )
 
     relay_batch_size: int = Field(default=500, ge=1)
     relay_poll_interval_seconds: float = Field(default=0.5, gt=0)

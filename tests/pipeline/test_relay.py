@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from sqlalchemy import text
 
 from shared.pipeline.outbox import add_event
 from tests.pipeline.harness import SCHEMA, PingRecorded, Pipeline, pings, wait_until
@@ -73,3 +74,27 @@ async def test_stopped_workers_finish_their_batch_and_return(pipeline: Pipeline)
     assert not pending, "stop() must end both loops promptly"
     for task in done:
         assert task.exception() is None
+
+
+async def test_event_log_retention_drops_old_events(pipeline: Pipeline) -> None:
+    from shared.pipeline.transports.postgres import PostgresTransport
+
+    transport = pipeline.transport
+    assert isinstance(transport, PostgresTransport)
+    pipeline.run(pipeline.relay())
+    await pipeline.publish(pings(entities=1, per_entity=3))
+
+    async def logged() -> bool:
+        return await pipeline.scalar("SELECT count(*) FROM crm_events.event_log") == 3
+
+    await wait_until(logged)
+    assert await transport.purge(older_than_hours=1) == 0, "recent events stay"
+    async with pipeline.engine.begin() as connection:
+        await connection.execute(
+            text(
+                "UPDATE crm_events.event_log SET appended_at = now() - interval '2 hours' "
+                'WHERE "offset" = 0'
+            )
+        )
+    assert await transport.purge(older_than_hours=1) == 1
+    assert await pipeline.scalar("SELECT count(*) FROM crm_events.event_log") == 2

@@ -14,6 +14,7 @@ in separate databases use Kafka.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import zlib
 from collections import defaultdict
 from collections.abc import Sequence
@@ -48,13 +49,56 @@ class PostgresTransport(Transport):
 
     name = "postgres"
 
-    def __init__(self, engine: AsyncEngine, default_partitions: int = 4) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        default_partitions: int = 4,
+        retention_hours: float | None = None,
+        purge_interval_seconds: float = 600.0,
+    ) -> None:
         self.engine = engine
         self.default_partitions = default_partitions
+        self.retention_hours = retention_hours
+        self.purge_interval_seconds = purge_interval_seconds
         self._partitions: dict[str, int] = {}
+        self._purger: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await migrate(self.engine, SCHEMA, MIGRATIONS)
+        if self.retention_hours is not None:
+            self._purger = asyncio.create_task(self._purge_periodically(), name="eventlog-purge")
+
+    async def stop(self) -> None:
+        if self._purger is not None:
+            self._purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purger
+            self._purger = None
+
+    async def purge(self, older_than_hours: float) -> int:
+        """Delete events appended more than `older_than_hours` ago; returns how many.
+
+        Like Kafka's retention, this does not wait for slow consumer groups: the log is
+        a buffer between services, not their record. Any process may run it.
+        """
+        async with self.engine.begin() as connection:
+            result = await connection.execute(
+                text(
+                    f"DELETE FROM {SCHEMA}.event_log "
+                    "WHERE appended_at < now() - make_interval(secs => :seconds)"
+                ),
+                {"seconds": older_than_hours * 3600},
+            )
+        return int(result.rowcount or 0)
+
+    async def _purge_periodically(self) -> None:
+        assert self.retention_hours is not None
+        while True:
+            try:
+                await self.purge(self.retention_hours)
+            except (OSError, DBAPIError):
+                pass  # the next round tries again
+            await asyncio.sleep(self.purge_interval_seconds)
 
     async def ping(self) -> None:
         try:
