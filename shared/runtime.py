@@ -121,6 +121,7 @@ class Runtime:
                 self.transport,
                 batch_size=settings.relay_batch_size,
                 poll_interval=settings.relay_poll_interval_seconds,
+                idle_poll_interval=settings.relay_idle_poll_interval_seconds,
             )
             self._spawn(relay, f"relay:{name}")
             group = service.consumer_group

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     kafka_replication_factor: int = Field(default=1, ge=1)
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1000)
     kafka_heartbeat_interval_ms: int = Field(default=1_000, ge=100)
+    kafka_fetch_max_wait_ms: int = Field(
+        default=100, ge=1, description="How long a consumer's fetch waits for data."
+    )
     eventlog_partitions: int = Field(default=4, ge=1, description="Postgres transport only.")
     eventlog_retention_hours: float = Field(
         default=7 * 24,
@@ -57,7 +60,8 @@ class Settings(BaseSettings):
     )
 
     relay_batch_size: int = Field(default=500, ge=1)
-    relay_poll_interval_seconds: float = Field(default=0.5, gt=0)
+    relay_poll_interval_seconds: float = Field(default=0.02, gt=0)
+    relay_idle_poll_interval_seconds: float = Field(default=0.2, gt=0)
     consumer_batch_size: int = Field(default=500, ge=1)
     consumer_max_attempts: int = Field(default=3, ge=1)
     consumer_retry_backoff_seconds: float = Field(default=0.2, ge=0)

@@ -17,11 +17,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import structlog
 from pydantic import ValidationError
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import TextClause, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -255,23 +256,19 @@ class ConsumerRunner:
         return item
 
     async def _claim_inbox(self, session: AsyncSession, items: Sequence[_Parsed]) -> set[uuid.UUID]:
-        """Insert inbox rows for the batch; returns the ids not seen before."""
+        """Insert inbox rows for the batch in one statement; returns the ids not seen before."""
         envelopes = {i.envelope.id: i.envelope for i in items if i.envelope is not None}
         if not envelopes:
             return set()
-        inbox = platform_tables(self.group.schema).inbox
-        statement = (
-            insert(inbox)
-            .values(
-                [
-                    {"consumer_group": self.group.name, "event_id": e.id, "event_type": e.type}
-                    for e in envelopes.values()
-                ]
-            )
-            .on_conflict_do_nothing()
-            .returning(inbox.c.event_id)
+        result = await session.execute(
+            _inbox_statement(self.group.schema),
+            {
+                "group": self.group.name,
+                "ids": list(envelopes),
+                "types": [e.type for e in envelopes.values()],
+            },
         )
-        fresh = set((await session.execute(statement)).scalars())
+        fresh = set(result.scalars())
         # A batch may carry one event twice (a relay re-sent it): only the first counts.
         seen: set[uuid.UUID] = set()
         for item in items:
@@ -320,6 +317,17 @@ class ConsumerRunner:
             offset=record.offset,
             reason=reason,
         )
+
+
+@cache
+def _inbox_statement(schema: str) -> TextClause:
+    # A fixed statement (arrays, not a VALUES list of varying length) compiles once.
+    return text(
+        f'INSERT INTO "{schema}".inbox (consumer_group, event_id, event_type) '
+        "SELECT :group, u.id, u.type "
+        "FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS text[])) AS u(id, type) "
+        "ON CONFLICT DO NOTHING RETURNING event_id"
+    )
 
 
 def _short(error: ValidationError) -> str:

@@ -2,25 +2,90 @@
 
 A service never talks to the broker while handling a request; it adds events here and the
 relay publishes them after commit. Nothing is published for a transaction that rolls back.
+
+Before inserting, the transaction takes an advisory lock per subject (held until commit,
+taken in one sorted order so that two writers cannot deadlock on them): two transactions
+that write events for one subject thus get outbox ids in their commit order, and the
+relay, which publishes by id, keeps one customer's events in order.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import func, literal, select, text
-from sqlalchemy.dialects.postgresql import insert
+from collections.abc import Sequence
+from functools import cache
+
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.events.envelope import Event, EventEnvelope
-from shared.pipeline.tables import platform_tables
+
+
+@cache
+def _insert_statement(schema: str, skip_existing: bool) -> TextClause:
+    # One statement, cached per schema: locks first (a materialised CTE that the WHERE
+    # forces to run before any row), then all rows in the order given.
+    conflict = "ON CONFLICT (event_id) DO NOTHING" if skip_existing else ""
+    return text(
+        f"""
+        WITH locks AS MATERIALIZED (
+            SELECT pg_advisory_xact_lock(h)
+            FROM (SELECT DISTINCT hashtextextended(k, 0) AS h
+                  FROM unnest(CAST(:keys AS text[])) AS k) AS hashes
+            ORDER BY h
+        )
+        INSERT INTO "{schema}".outbox (event_id, topic, key, event_type, payload)
+        SELECT u.event_id, u.topic, u.key, u.event_type, u.payload
+        FROM unnest(
+            CAST(:ids AS uuid[]), CAST(:topics AS text[]), CAST(:keys AS text[]),
+            CAST(:types AS text[]), CAST(:payloads AS text[])
+        ) WITH ORDINALITY AS u(event_id, topic, key, event_type, payload, n)
+        WHERE (SELECT count(*) FROM locks) >= 0
+        ORDER BY u.n
+        {conflict}
+        """
+    )
+
+
+async def add_events(
+    session: AsyncSession, schema: str, events: Sequence[Event], *, source: str
+) -> list[EventEnvelope]:
+    """Queue `events`, in order, in `schema`'s outbox as part of the session's transaction."""
+    envelopes = [event.to_envelope(source=source) for event in events]
+    await add_envelopes(session, schema, envelopes, topics=[event.topic for event in events])
+    return envelopes
 
 
 async def add_event(
     session: AsyncSession, schema: str, event: Event, *, source: str
 ) -> EventEnvelope:
-    """Queue `event` in `schema`'s outbox as part of the session's transaction."""
-    envelope = event.to_envelope(source=source)
-    await add_envelope(session, schema, envelope, topic=event.topic)
-    return envelope
+    """Queue one event; see `add_events`."""
+    return (await add_events(session, schema, [event], source=source))[0]
+
+
+async def add_envelopes(
+    session: AsyncSession,
+    schema: str,
+    envelopes: Sequence[EventEnvelope],
+    *,
+    topics: Sequence[str],
+    skip_existing: bool = False,
+) -> None:
+    """Queue ready-made envelopes, `topics[i]` for `envelopes[i]`.
+
+    With `skip_existing`, an envelope whose id is already in the outbox is left out.
+    """
+    if not envelopes:
+        return
+    await session.execute(
+        _insert_statement(schema, skip_existing),
+        {
+            "ids": [e.id for e in envelopes],
+            "topics": list(topics),
+            "keys": [e.subject for e in envelopes],
+            "types": [e.type for e in envelopes],
+            "payloads": [e.model_dump_json() for e in envelopes],
+        },
+    )
 
 
 async def add_envelope(
@@ -31,30 +96,8 @@ async def add_envelope(
     topic: str,
     skip_existing: bool = False,
 ) -> None:
-    """Queue a ready-made envelope for `topic`.
-
-    The transaction first takes an advisory lock on the subject, held until commit, so two
-    transactions that write events for one subject get outbox ids in their commit order:
-    the relay publishes by id, which keeps one customer's events in order. With
-    `skip_existing`, an envelope whose id is already in the outbox is left out silently.
-    """
-    outbox = platform_tables(schema).outbox
-    lock = select(
-        func.pg_advisory_xact_lock(func.hashtextextended(literal(envelope.subject), 0))
-    ).subquery()
-    values = select(
-        literal(envelope.id).label("event_id"),
-        literal(topic).label("topic"),
-        literal(envelope.subject).label("key"),
-        literal(envelope.type).label("event_type"),
-        literal(envelope.model_dump_json()).label("payload"),
-    ).select_from(lock)
-    statement = insert(outbox).from_select(
-        ["event_id", "topic", "key", "event_type", "payload"], values
-    )
-    if skip_existing:
-        statement = statement.on_conflict_do_nothing(index_elements=["event_id"])
-    await session.execute(statement)
+    """Queue one ready-made envelope for `topic`."""
+    await add_envelopes(session, schema, [envelope], topics=[topic], skip_existing=skip_existing)
 
 
 async def unpublished_count(session: AsyncSession, schema: str) -> int:

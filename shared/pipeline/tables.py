@@ -22,9 +22,6 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-OUTBOX_CHANNEL = "crm_outbox"
-"""LISTEN/NOTIFY channel the outbox trigger signals (payload: the schema) to wake relays."""
-
 
 def _outbox_columns() -> list[sa.Column[object]]:
     return [
@@ -105,28 +102,10 @@ def create_platform_tables(schema: str) -> None:
     op.create_index(
         "ix_idempotency_keys_expires_at", "idempotency_keys", ["expires_at"], schema=schema
     )
-    # A statement-level trigger wakes the relay once per inserting statement, without the
-    # writer paying a round trip for it.
-    op.execute(
-        f"""
-        CREATE FUNCTION "{schema}".notify_outbox() RETURNS trigger
-        LANGUAGE plpgsql AS $$
-        BEGIN
-            PERFORM pg_notify('{OUTBOX_CHANNEL}', '{schema}');
-            RETURN NULL;
-        END $$
-        """
-    )
-    op.execute(
-        f'CREATE TRIGGER outbox_notify AFTER INSERT ON "{schema}".outbox '
-        f'FOR EACH STATEMENT EXECUTE FUNCTION "{schema}".notify_outbox()'
-    )
 
 
 def drop_platform_tables(schema: str) -> None:
     """Alembic helper: undo `create_platform_tables`."""
-    op.execute(f'DROP TRIGGER IF EXISTS outbox_notify ON "{schema}".outbox')
-    op.execute(f'DROP FUNCTION IF EXISTS "{schema}".notify_outbox()')
     op.drop_table("idempotency_keys", schema=schema)
     op.drop_table("inbox", schema=schema)
     op.drop_table("outbox", schema=schema)

@@ -21,7 +21,7 @@ from shared.db.migrations import migrate
 from shared.events.envelope import Event, EventEnvelope
 from shared.events.platform import DEAD_LETTER_TOPIC
 from shared.events.registry import EVENTS, EventRegistry
-from shared.pipeline.consumer import ConsumerGroup, ConsumerRunner
+from shared.pipeline.consumer import ConsumerGroup, ConsumerRunner, Handler
 from shared.pipeline.outbox import add_event
 from shared.pipeline.relay import Relay
 from shared.pipeline.transports.base import Transport
@@ -117,10 +117,10 @@ class Pipeline:
                     await add_event(session, SCHEMA, ping, source="pipeline-test")
 
     def relay(self, transport: Transport | None = None) -> Relay:
-        return Relay(self.engine, SCHEMA, transport or self.transport, poll_interval=0.2)
+        return Relay(self.engine, SCHEMA, transport or self.transport)
 
     def consumer(self, group: str, transport: Transport | None = None) -> ConsumerRunner:
-        handlers = {PingRecorded: record_ping}
+        handlers: dict[type[Event], Handler] = {PingRecorded: record_ping}
         definition = ConsumerGroup(group, SCHEMA, "pipeline-test", handlers, TEST_EVENTS)
         sessions = async_sessionmaker(self.engine, expire_on_commit=False, info={"group": group})
         return ConsumerRunner(

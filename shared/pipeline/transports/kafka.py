@@ -142,6 +142,7 @@ class KafkaSubscription(Subscription):
             session_timeout_ms=self.settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=self.settings.kafka_heartbeat_interval_ms,
             max_poll_records=self.settings.consumer_batch_size,
+            fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
         )
         await consumer.start()
         self._consumer = consumer

@@ -244,10 +244,15 @@ class PostgresSubscription(Subscription):
     async def fetch(self, session: AsyncSession, max_records: int) -> list[Record]:
         claimed = (
             await session.execute(
+                # Only partitions with something new are claimed, so a wake-up with
+                # nothing to do, or a partition another member holds, costs no lock wait.
                 text(
-                    f"SELECT topic, partition, next_offset FROM {SCHEMA}.consumer_offsets "
-                    "WHERE consumer_group = :group AND topic = ANY(:topics) "
-                    "ORDER BY topic, partition FOR UPDATE SKIP LOCKED"
+                    f"SELECT o.topic, o.partition, o.next_offset FROM {SCHEMA}.consumer_offsets o "
+                    f"JOIN {SCHEMA}.partition_heads h "
+                    "ON h.topic = o.topic AND h.partition = o.partition "
+                    "WHERE o.consumer_group = :group AND o.topic = ANY(:topics) "
+                    "AND o.next_offset < h.next_offset "
+                    "ORDER BY o.topic, o.partition FOR UPDATE OF o SKIP LOCKED"
                 ),
                 {"group": self.group, "topics": self.topics},
             )
