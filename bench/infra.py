@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -96,6 +97,63 @@ class EmbeddedServer:
 
 
 @dataclass(frozen=True)
+class CpuShares:
+    """CPU over a window, in % of one core: each part of the run, and all else on the machine.
+
+    `other` is the machine's busy time minus ours: other people's processes running at the
+    same time, which make the numbers noisy when they are large. `steal` is time the
+    hypervisor gave to other guests.
+    """
+
+    pipeline: float
+    producer: float
+    postgres: float
+    broker: float
+    other: float
+    steal: float
+
+
+SETTLE_SECONDS = 0.3
+"""Wait this long before `CpuWindow.close` when backends have just disconnected: their
+CPU moves to the postmaster's children times only once it has reaped them."""
+
+
+class CpuWindow:
+    """Reads CPU counters at the start of a measured window and again at `close`."""
+
+    def __init__(self, server: EmbeddedServer, broker: Broker | None = None) -> None:
+        self.server = server
+        self.broker = broker
+        self.started = time.monotonic()
+        self.own = time.process_time()
+        self.postgres = server.cpu_seconds()
+        self.broker_cpu = broker.cpu_seconds() if broker else 0.0
+        self.machine = psutil.cpu_times()
+
+    def close(self, producer_seconds: float = 0.0, child_seconds: float = 0.0) -> CpuShares:
+        """The shares since the start; `producer_seconds` and `child_seconds` (CPU of the
+        load generator, or of a finished child such as pgbench) count as ours."""
+        wall = time.monotonic() - self.started
+        own = time.process_time() - self.own
+        postgres = self.server.cpu_seconds() - self.postgres
+        broker = (self.broker.cpu_seconds() if self.broker else 0.0) - self.broker_cpu
+        now = psutil.cpu_times()
+        busy = sum(
+            getattr(now, name) - getattr(self.machine, name)
+            for name in ("user", "nice", "system", "irq", "softirq")
+        )
+        other = busy - own - postgres - broker - producer_seconds - child_seconds
+        return CpuShares(
+            pipeline=100 * own / wall,
+            producer=100 * producer_seconds / wall,
+            postgres=100 * postgres / wall,
+            broker=100 * broker / wall,
+            other=100 * max(0.0, other) / wall,
+            steal=100 * (now.steal - self.machine.steal) / wall,
+        )
+
+
+@dataclass(frozen=True)
 class PgbenchResult:
     """One pgbench run: its transactions per second and the command line used."""
 
@@ -105,6 +163,7 @@ class PgbenchResult:
     threads: int
     seconds: int
     command: str
+    cpu: CpuShares
 
 
 def pgbench_binary() -> Path:
@@ -130,13 +189,25 @@ async def run_pgbench(
             *connection,
             database,
         ]
+        window = CpuWindow(server)
+        children_before = _children_cpu()
         output = await _run(run)
+        await asyncio.sleep(SETTLE_SECONDS)
+        cpu = window.close(child_seconds=_children_cpu() - children_before)
     finally:
         await server.drop_database(database)
     match = re.search(r"^tps = ([0-9.]+)", output, re.MULTILINE)
     if match is None:
         raise RuntimeError(f"pgbench printed no tps line:\n{output}")
-    return PgbenchResult(float(match.group(1)), scale, clients, threads, seconds, " ".join(run[1:]))
+    return PgbenchResult(
+        float(match.group(1)), scale, clients, threads, seconds, " ".join(run[1:]), cpu
+    )
+
+
+def _children_cpu() -> float:
+    """CPU of our finished children (pgbench, once it has been waited for)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 async def _run(command: list[str]) -> str:
@@ -156,6 +227,14 @@ class Broker:
 
     process: subprocess.Popen[bytes]
     bootstrap: str
+
+    def cpu_seconds(self) -> float:
+        """CPU time the broker has used so far."""
+        try:
+            times = psutil.Process(self.process.pid).cpu_times()
+        except psutil.NoSuchProcess:
+            return 0.0
+        return float(times.user + times.system)
 
     def stop(self) -> None:
         """Terminate the broker and wait for it."""

@@ -6,8 +6,9 @@ marked published only after the transport acknowledged it, so a crash in between
 publishes it again on restart; consumers deduplicate by event id.
 
 The relay polls (every 20 ms while events flow, backing off to 200 ms when idle; an idle
-poll is a look at an empty partial index) rather than being woken by NOTIFY: PostgreSQL serialises the commits of all
-transactions that sent a NOTIFY, which would cap every service's write rate.
+poll is a look at an empty partial index) rather than being woken by NOTIFY: PostgreSQL
+serialises the commits of all transactions that sent a NOTIFY, which would cap every
+service's write rate.
 """
 
 from __future__ import annotations
