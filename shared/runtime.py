@@ -124,7 +124,7 @@ class Runtime:
                 idle_poll_interval=settings.relay_idle_poll_interval_seconds,
             )
             self._spawn(relay, f"relay:{name}")
-            group = service.consumer_group
+            group = service.consumer_group(settings)
             if group is None:
                 continue
             runner = ConsumerRunner(

@@ -16,6 +16,7 @@ from fastapi import APIRouter
 from shared.events.envelope import Event
 from shared.events.registry import EVENTS, EventRegistry
 from shared.pipeline.consumer import ConsumerGroup, Handler
+from shared.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class ServiceDefinition:
     routes: Callable[[], APIRouter]
     migrations: Path
     handlers: Mapping[type[Event], Handler] = field(default_factory=dict)
+    handler_factory: Callable[[Settings], Mapping[type[Event], Handler]] | None = None
+    """For handlers that need settings; takes the place of `handlers` when given."""
     registry: EventRegistry = EVENTS
     schema: str = ""
 
@@ -38,15 +41,21 @@ class ServiceDefinition:
         """The URL prefix every route of this service lives under."""
         return f"/v1/{self.name}"
 
-    @property
-    def consumer_group(self) -> ConsumerGroup | None:
+    def handlers_for(self, settings: Settings) -> Mapping[type[Event], Handler]:
+        """The routing table of event models to handlers, for these settings."""
+        if self.handler_factory is not None:
+            return self.handler_factory(settings)
+        return self.handlers
+
+    def consumer_group(self, settings: Settings) -> ConsumerGroup | None:
         """The service's consumer group, or None when it handles no events."""
-        if not self.handlers:
+        handlers = self.handlers_for(settings)
+        if not handlers:
             return None
         return ConsumerGroup(
             name=f"crm.{self.name}",
             schema=self.schema,
             source=self.name,
-            handlers=self.handlers,
+            handlers=handlers,
             registry=self.registry,
         )

@@ -100,6 +100,16 @@ class Settings(BaseSettings):
         'as JSON: {"loyalty": "http://loyalty:8000"}.',
     )
 
+    loyalty_return_window_days: int = Field(
+        default=0, ge=0, le=365, description="Earned points stay pending this long."
+    )
+    loyalty_points_expiry_months: int = Field(
+        default=12,
+        ge=0,
+        le=120,
+        description="Points expire this long after they were earned (0: never).",
+    )
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = "INFO"

@@ -3,7 +3,7 @@
 Importing this package registers every product event type in `EVENTS`.
 """
 
-from shared.events import contacts, platform, purchases
+from shared.events import contacts, loyalty, platform, purchases
 from shared.events.envelope import Event, EventEnvelope
 from shared.events.registry import EVENTS, EventRegistry, UnknownEventVersion
 
@@ -14,6 +14,7 @@ __all__ = [
     "EventRegistry",
     "UnknownEventVersion",
     "contacts",
+    "loyalty",
     "platform",
     "purchases",
 ]
