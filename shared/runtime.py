@@ -19,6 +19,7 @@ from shared.db.embedded import EmbeddedServer, asyncpg_url, ensure_database
 from shared.db.engine import Engines, session_factory
 from shared.db.migrations import migrate
 from shared.events.platform import DEAD_LETTER_TOPIC
+from shared.jobs import JobRunner
 from shared.pipeline.consumer import ConsumerRunner
 from shared.pipeline.relay import Relay
 from shared.pipeline.transports.base import Transport
@@ -46,7 +47,7 @@ class Runtime:
         self._embedded: EmbeddedServer | None = None
         self._sessions: dict[str, async_sessionmaker[AsyncSession]] = {}
         self.transport: Transport | None = None
-        self._workers: list[tuple[Relay | ConsumerRunner, asyncio.Task[None]]] = []
+        self._workers: list[tuple[Relay | ConsumerRunner | JobRunner, asyncio.Task[None]]] = []
 
     async def start(self, *, migrate_schemas: bool = True) -> None:
         """Resolve databases, migrate, and connect the transport."""
@@ -124,6 +125,11 @@ class Runtime:
                 idle_poll_interval=settings.relay_idle_poll_interval_seconds,
             )
             self._spawn(relay, f"relay:{name}")
+            for job in service.jobs:
+                runner_of_job = JobRunner(
+                    job, name, self.engine(name), self.sessions(name), self.settings
+                )
+                self._spawn(runner_of_job, f"job:{name}:{job.name}")
             group = service.consumer_group(settings)
             if group is None:
                 continue
@@ -138,7 +144,7 @@ class Runtime:
             )
             self._spawn(runner, f"consumer:{name}")
 
-    def _spawn(self, worker: Relay | ConsumerRunner, name: str) -> None:
+    def _spawn(self, worker: Relay | ConsumerRunner | JobRunner, name: str) -> None:
         task = asyncio.create_task(worker.run(), name=name)
         task.add_done_callback(_report_crash)
         self._workers.append((worker, task))

@@ -7,7 +7,7 @@ schema and migration history, an outbox relay and, when it handles events, a con
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from fastapi import APIRouter
 
 from shared.events.envelope import Event
 from shared.events.registry import EVENTS, EventRegistry
+from shared.jobs import ScheduledJob
 from shared.pipeline.consumer import ConsumerGroup, Handler
 from shared.settings import Settings
 
@@ -30,6 +31,7 @@ class ServiceDefinition:
     handler_factory: Callable[[Settings], Mapping[type[Event], Handler]] | None = None
     """For handlers that need settings; takes the place of `handlers` when given."""
     registry: EventRegistry = EVENTS
+    jobs: Sequence[ScheduledJob] = ()
     schema: str = ""
 
     def __post_init__(self) -> None:

@@ -12,7 +12,7 @@ from pydantic import AwareDatetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.loyalty import ledger, purchases
+from services.loyalty import gdpr_api, ledger, purchases, rewards_api, tiers_api
 from services.loyalty.handlers import policy_from
 from services.loyalty.models import SCHEMA, earning_rules, members
 from services.loyalty.models import ledger as ledger_table
@@ -99,6 +99,9 @@ def _store(body_store: str | None, token_store: str | None) -> str | None:
 def routes() -> APIRouter:
     """The loyalty routes; health and readiness come from the platform's app factory."""
     router = APIRouter(tags=["loyalty"])
+    router.include_router(rewards_api.routes())
+    router.include_router(tiers_api.routes())
+    router.include_router(gdpr_api.routes())
 
     @router.post("/purchases", status_code=201)
     async def record_purchase(

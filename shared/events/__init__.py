@@ -3,7 +3,7 @@
 Importing this package registers every product event type in `EVENTS`.
 """
 
-from shared.events import contacts, loyalty, platform, purchases
+from shared.events import contacts, loyalty, platform, purchases, referrals
 from shared.events.envelope import Event, EventEnvelope
 from shared.events.registry import EVENTS, EventRegistry, UnknownEventVersion
 
@@ -17,4 +17,5 @@ __all__ = [
     "loyalty",
     "platform",
     "purchases",
+    "referrals",
 ]
