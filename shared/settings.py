@@ -110,6 +110,10 @@ class Settings(BaseSettings):
         description="Points expire this long after they were earned (0: never).",
     )
 
+    loyalty_points_expire_at_month_end: bool = Field(
+        default=False, description="Round each lot's expiry up to the end of its month."
+    )
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = "INFO"

@@ -28,9 +28,7 @@ async def test_one_runner_at_a_time_and_stop(database_url: str) -> None:
 
     job = ScheduledJob("slow", interval_seconds=0.05, run=slow)
     settings = Settings(database_url=database_url)
-    runners = [
-        JobRunner(job, "test", engine, session_factory(engine), settings) for _ in range(3)
-    ]
+    runners = [JobRunner(job, "test", engine, session_factory(engine), settings) for _ in range(3)]
     tasks = [asyncio.create_task(r.run()) for r in runners]
     await asyncio.sleep(1.0)
     for runner in runners:

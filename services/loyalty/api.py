@@ -12,13 +12,24 @@ from pydantic import AwareDatetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.loyalty import gdpr_api, ledger, purchases, rewards_api, tiers_api
+from services.loyalty import (
+    gdpr_api,
+    ledger,
+    merging,
+    purchases,
+    rewards,
+    rewards_api,
+    stamps,
+    tiers,
+    tiers_api,
+)
 from services.loyalty.handlers import policy_from
 from services.loyalty.models import SCHEMA, earning_rules, members
 from services.loyalty.models import ledger as ledger_table
 from services.loyalty.models import purchases as purchases_table
 from services.loyalty.schemas import (
     AdjustmentIn,
+    AffordableReward,
     CustomerRef,
     ExpiringPoints,
     LedgerEntryOut,
@@ -29,6 +40,7 @@ from services.loyalty.schemas import (
     RefundOut,
     RulesIn,
     RulesOut,
+    StampCardSummary,
 )
 from shared.auth import AdminAuth, PosAuth, ReadAuth
 from shared.events.loyalty import PointsAdjusted
@@ -63,7 +75,7 @@ def _invalid(field: str, message: str) -> Problem:
 async def _resolve(session: AsyncSession, ref: CustomerRef, region: str) -> uuid.UUID:
     """The member a till names by id, card, phone or email (from the local projection)."""
     if ref.id is not None:
-        return ref.id
+        return await merging.survivor_of(session, ref.id)
     if ref.card_number is not None:
         column, value = members.c.card_number, ref.card_number.replace(" ", "").replace("-", "")
     elif ref.phone is not None:
@@ -199,15 +211,27 @@ def routes() -> APIRouter:
             raise Problem(404, "member-not-found", "Member not found", f"No member {customer_id}.")
         held = await ledger.balances(session, customer_id, now)
         soon = await ledger.expiring(session, customer_id, now, EXPIRING_WINDOW)
+        multiplier, discount = await tiers.benefits(session, row.tier)
+        cards = await stamps.cards_of(session, customer_id)
+        affordable = await rewards.affordable_rewards(
+            session, customer_id, row.tier, held.available, now
+        )
         return MemberOut(
             customer_id=customer_id,
             status=row.status,
             tier=row.tier,
+            earn_multiplier=multiplier,
+            privilege_discount_percent=discount,
             balance=held.balance,
             available=held.available,
             pending=held.pending,
             debt=held.debt,
             expiring_soon=[ExpiringPoints(points=p, expires_at=t) for p, t in soon],
+            stamp_cards=[StampCardSummary.model_validate(card) for card in cards],
+            affordable_rewards=[
+                AffordableReward(id=r.id, name=r.name, points_cost=r.points_cost)
+                for r in affordable
+            ],
         )
 
     @router.get("/members/{customer_id}/ledger")

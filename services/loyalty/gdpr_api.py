@@ -1,10 +1,121 @@
-"""Routes of the loyalty service (gdpr_api); mounted by `services.loyalty.api`."""
+"""GDPR export: everything loyalty holds about one customer (for contacts' data export).
+
+Contacts' export calls `GET /v1/loyalty/customers/{id}/export` with the caller's admin
+token and folds the answer into the file it hands the customer. Members merged into the
+customer are part of the answer: their history is the customer's history.
+"""
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
 from fastapi import APIRouter
+from pydantic import BaseModel, Field
+from sqlalchemy import Table, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.loyalty.models import (
+    SCHEMA,
+    ledger,
+    lots,
+    members,
+    purchases,
+    redemptions,
+    refunds,
+    stamp_cards,
+    stamp_entries,
+    tier_changes,
+)
+from shared.auth import AdminAuth
+from shared.http.app import session_dependency
+
+Session = Annotated[AsyncSession, session_dependency(SCHEMA)]
+Rows = list[dict[str, Any]]
+MAX_MERGE_DEPTH = 16
+
+
+class CustomerExport(BaseModel):
+    """Every row loyalty keeps about a customer, as stored (amounts in minor units)."""
+
+    customer_id: uuid.UUID
+    exported_at: datetime
+    member: dict[str, Any] | None = Field(description="Null when loyalty never saw them.")
+    merged_members: Rows = Field(description="Member rows of duplicates merged into them.")
+    purchases: Rows = Field(description="With their lines, as the till reported them.")
+    refunds: Rows
+    ledger: Rows = Field(description="Every points entry, oldest first.")
+    lots: Rows
+    redemptions: Rows
+    stamp_cards: Rows
+    stamp_entries: Rows
+    tier_changes: Rows
+
+
+async def _merged_into(session: AsyncSession, customer_id: uuid.UUID) -> list[uuid.UUID]:
+    """The ids of members folded into `customer_id`, directly or through earlier merges."""
+    found: list[uuid.UUID] = []
+    frontier = [customer_id]
+    for _ in range(MAX_MERGE_DEPTH):
+        if not frontier:
+            break
+        frontier = [
+            uuid.UUID(str(row))
+            for row in (
+                await session.execute(
+                    select(members.c.customer_id).where(members.c.merged_into.in_(frontier))
+                )
+            ).scalars()
+            if row not in found and row != customer_id
+        ]
+        found.extend(frontier)
+    return found
+
+
+async def _rows(
+    session: AsyncSession, table: Table, column: str, values: list[Any], order: str
+) -> Rows:
+    if not values:
+        return []
+    result = await session.execute(
+        select(table).where(table.c[column].in_(values)).order_by(table.c[order])
+    )
+    return [dict(row._mapping) for row in result]
 
 
 def routes() -> APIRouter:
     """The routes of this module."""
-    return APIRouter(tags=["loyalty"])
+    router = APIRouter(tags=["loyalty"])
+
+    @router.get("/customers/{customer_id}/export")
+    async def export_customer(
+        customer_id: uuid.UUID, session: Session, _: AdminAuth
+    ) -> CustomerExport:
+        """Everything loyalty holds about a customer (GDPR access request)."""
+        merged = await _merged_into(session, customer_id)
+        ids = [customer_id, *merged]
+        member_rows = await _rows(session, members, "customer_id", ids, "customer_id")
+        member = next((m for m in member_rows if m["customer_id"] == customer_id), None)
+        purchase_rows = await _rows(session, purchases, "customer_id", ids, "purchased_at")
+        card_rows = await _rows(session, stamp_cards, "customer_id", ids, "created_at")
+        return CustomerExport(
+            customer_id=customer_id,
+            exported_at=datetime.now(UTC),
+            member=member,
+            merged_members=[m for m in member_rows if m["customer_id"] != customer_id],
+            purchases=purchase_rows,
+            refunds=await _rows(
+                session, refunds, "purchase_id", [p["id"] for p in purchase_rows], "refunded_at"
+            ),
+            ledger=await _rows(session, ledger, "customer_id", ids, "id"),
+            lots=await _rows(session, lots, "customer_id", ids, "id"),
+            redemptions=await _rows(session, redemptions, "customer_id", ids, "created_at"),
+            stamp_cards=card_rows,
+            stamp_entries=await _rows(
+                session, stamp_entries, "card_id", [c["id"] for c in card_rows], "id"
+            ),
+            tier_changes=await _rows(session, tier_changes, "customer_id", ids, "id"),
+        )
+
+    return router

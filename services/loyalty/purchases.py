@@ -8,7 +8,6 @@ publishes finds its purchase already there and changes nothing.
 
 from __future__ import annotations
 
-import calendar
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,7 +19,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.loyalty import ledger
+from services.loyalty import expiry, ledger, stamps, tiers
 from services.loyalty.earning import EarningRules, Line, PurchaseFacts, points_for, refund_share
 from services.loyalty.models import SCHEMA, earning_rules, members, purchases, refunds
 from shared.events.loyalty import PointsAdjusted, PointsEarned
@@ -39,6 +38,7 @@ class Policy:
 
     return_window: timedelta = timedelta(0)
     expiry_months: int = 12
+    expiry_at_period_end: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,14 +54,6 @@ class Recorded:
 
 class RefundRefused(Exception):
     """A refund the purchase cannot take (unknown purchase, or more than was paid)."""
-
-
-def add_months(moment: datetime, months: int) -> datetime:
-    """The same day-of-month `months` later (the last day when that month is shorter)."""
-    month_index = moment.month - 1 + months
-    year, month = moment.year + month_index // 12, month_index % 12 + 1
-    day = min(moment.day, calendar.monthrange(year, month)[1])
-    return moment.replace(year=year, month=month, day=day)
 
 
 async def rules_at(session: AsyncSession, moment: datetime) -> tuple[int | None, EarningRules]:
@@ -146,6 +138,7 @@ async def record_purchase(
         return Recorded(existing.id, existing.customer_id, int(existing.points), False, balance)
 
     version, rules = await rules_at(session, purchase.purchased_at)
+    rules = await tiers.with_tier_multipliers(session, rules)
     member_tier = (
         await session.execute(
             select(members.c.tier).where(members.c.customer_id == purchase.customer_id)
@@ -169,7 +162,9 @@ async def record_purchase(
     )
     available_at = purchase.purchased_at + policy.return_window
     expires_at = (
-        add_months(purchase.purchased_at, policy.expiry_months) if policy.expiry_months else None
+        expiry.expiry_for(purchase.purchased_at, policy.expiry_months, policy.expiry_at_period_end)
+        if policy.expiry_months
+        else None
     )
     await ledger.credit(
         session,
@@ -181,6 +176,8 @@ async def record_purchase(
         available_at=available_at,
         expires_at=expires_at,
     )
+    await stamps.stamp_purchase(session, purchase, now)
+    await tiers.reevaluate(session, purchase.customer_id, now)
     balance = await _balance(session, purchase.customer_id)
     if points:
         await add_event(
@@ -255,6 +252,7 @@ async def record_refund(
         .where(purchases.c.id == purchase.id)
         .values(refunded_minor=refunded, points_reversed=purchase.points_reversed + due)
     )
+    await stamps.unstamp_refund(session, purchase.id, refund.refund_id, refund.amount_minor, now)
     await session.execute(
         insert(refunds).values(
             id=refund.refund_id,

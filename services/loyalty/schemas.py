@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated
 
 from pydantic import (
@@ -90,17 +91,42 @@ class ExpiringPoints(BaseModel):
     expires_at: datetime
 
 
+class StampCardSummary(BaseModel):
+    """A member's progress on one stamp card."""
+
+    id: uuid.UUID
+    definition_id: uuid.UUID
+    name: str
+    stamps: int
+    stamps_required: int
+    reward_description: str
+    completed_at: datetime | None
+    voucher_code: str | None
+
+
+class AffordableReward(BaseModel):
+    """A reward the member can redeem now."""
+
+    id: uuid.UUID
+    name: str
+    points_cost: int
+
+
 class MemberOut(BaseModel):
     """Everything the till shows about a member, in one call."""
 
     customer_id: uuid.UUID
     status: str
     tier: str | None
+    earn_multiplier: Decimal
+    privilege_discount_percent: Decimal
     balance: int
     available: int
     pending: int
     debt: int
     expiring_soon: list[ExpiringPoints]
+    stamp_cards: list[StampCardSummary]
+    affordable_rewards: list[AffordableReward]
 
 
 class AdjustmentIn(Strict):
