@@ -100,6 +100,19 @@ class Settings(BaseSettings):
         'as JSON: {"loyalty": "http://loyalty:8000"}.',
     )
 
+    contacts_import_max_rows: int | None = Field(
+        default=None, ge=1, description="Default 1,000,000."
+    )
+    contacts_import_max_bytes: int | None = Field(default=None, ge=1, description="Default 1 GiB.")
+    contacts_import_batch_size: int | None = Field(
+        default=None, ge=1, description="Rows per import transaction; default 5,000."
+    )
+    contacts_import_workers: int | None = Field(
+        default=None, ge=0, description="Processes checking rows of big imports (0: a thread)."
+    )
+    contacts_import_process_threshold: int | None = Field(
+        default=None, ge=0, description="Imports with more rows use the worker processes."
+    )
     loyalty_return_window_days: int = Field(
         default=0, ge=0, le=365, description="Earned points stay pending this long."
     )

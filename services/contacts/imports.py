@@ -56,9 +56,8 @@ _RETRYABLE = {"23505", "40P01", "40001"}  # unique violation, deadlock, serializ
 class ImportLimits:
     """How big an import may be and how it is run.
 
-    Read from `CRM_CONTACTS_IMPORT_*` settings when `shared/settings.py` declares them
-    (`contacts_import_max_rows`, `_max_bytes`, `_batch_size`, `_workers`); until then
-    the defaults below apply.
+    `CRM_CONTACTS_IMPORT_MAX_ROWS`, `_MAX_BYTES`, `_BATCH_SIZE`, `_WORKERS` and
+    `_PROCESS_THRESHOLD` override the defaults below.
     """
 
     max_rows: int = 1_000_000
