@@ -19,11 +19,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Row, and_, func, select, text, update
+from sqlalchemy import Row, and_, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.loyalty.models import ledger, lot_consumptions, lots, members
+from services.loyalty.models import SCHEMA, ledger, lot_consumptions, lots, members
 
 
 class InsufficientPoints(Exception):
@@ -45,20 +45,87 @@ class Balances:
     debt: int
 
 
+_SELECT_MEMBER_FOR_UPDATE = (
+    select(members).where(members.c.customer_id == bindparam("customer_id")).with_for_update()
+)
+_INSERT_MEMBER = insert(members).on_conflict_do_nothing().returning(*members.c)
+_INSERT_ENTRY = (
+    insert(ledger)
+    .on_conflict_do_nothing(
+        index_elements=["kind", "reference"], index_where=text("reference IS NOT NULL")
+    )
+    .returning(ledger.c.id)
+)
+_SELECT_DEBT = select(members.c.debt).where(members.c.customer_id == bindparam("customer_id"))
+_INSERT_LOT = insert(lots)
+_UPDATE_AFTER_CREDIT = (
+    update(members)
+    .where(members.c.customer_id == bindparam("member_id"))
+    .values(
+        balance=members.c.balance + bindparam("points", type_=members.c.balance.type),
+        debt=members.c.debt - bindparam("repaid", type_=members.c.debt.type),
+        updated_at=bindparam("now", type_=members.c.updated_at.type),
+    )
+)
+
+# A credit in one round trip (the member's debt known): the entry, its lot (for points > 0)
+# and the member's balance and debt; returns the entry id, no row when it already existed.
+_CREDIT = text(
+    f"""
+    WITH entry AS (
+        INSERT INTO "{SCHEMA}".ledger
+            (customer_id, kind, points, reference, reason, actor, available_at, expires_at,
+             created_at)
+        VALUES (
+            CAST(:customer_id AS uuid), CAST(:kind AS text), CAST(:points AS bigint),
+            CAST(:reference AS text), CAST(:reason AS text), CAST(:actor AS text),
+            CAST(:available_at AS timestamptz), CAST(:expires_at AS timestamptz),
+            CAST(:now AS timestamptz)
+        )
+        ON CONFLICT (kind, reference) WHERE reference IS NOT NULL DO NOTHING
+        RETURNING id
+    ), lot AS (
+        INSERT INTO "{SCHEMA}".lots
+            (customer_id, ledger_id, points, remaining, available_at, expires_at)
+        SELECT CAST(:customer_id AS uuid), entry.id, CAST(:points AS bigint),
+               CAST(:remaining AS bigint), CAST(:available_at AS timestamptz),
+               CAST(:expires_at AS timestamptz)
+        FROM entry
+        WHERE CAST(:points AS bigint) > 0
+    ), member AS (
+        UPDATE "{SCHEMA}".members
+        SET balance = balance + CAST(:points AS bigint),
+            debt = debt - CAST(:repaid AS bigint),
+            updated_at = CAST(:now AS timestamptz)
+        WHERE customer_id = CAST(:customer_id AS uuid) AND EXISTS (SELECT FROM entry)
+    )
+    SELECT id FROM entry
+    """
+)
+
+
 async def lock_member(
     session: AsyncSession, customer_id: uuid.UUID, now: datetime
 ) -> Row[tuple[object, ...]]:
     """The member's row, created when unknown (events may arrive before the signup), locked."""
-    await session.execute(
-        insert(members)
-        .values(customer_id=customer_id, status="active", balance=0, debt=0, updated_at=now)
-        .on_conflict_do_nothing()
-    )
-    row = (
-        await session.execute(
-            select(members).where(members.c.customer_id == customer_id).with_for_update()
-        )
-    ).one()
+    params = {"customer_id": customer_id}
+    row = (await session.execute(_SELECT_MEMBER_FOR_UPDATE, params)).one_or_none()
+    if row is None:
+        # A row this transaction inserted is locked by it until the end.
+        row = (
+            await session.execute(
+                _INSERT_MEMBER,
+                {
+                    "customer_id": customer_id,
+                    "status": "active",
+                    "balance": 0,
+                    "debt": 0,
+                    "updated_at": now,
+                },
+            )
+        ).one_or_none()
+        if row is None:  # another transaction created it meanwhile
+            row = (await session.execute(_SELECT_MEMBER_FOR_UPDATE, params)).one()
     return row
 
 
@@ -76,25 +143,18 @@ async def _append(
     expires_at: datetime | None = None,
 ) -> int | None:
     """Append an entry; None when an entry of this kind and reference already exists."""
-    statement = (
-        insert(ledger)
-        .values(
-            customer_id=customer_id,
-            kind=kind,
-            points=points,
-            reference=reference,
-            reason=reason,
-            actor=actor,
-            available_at=available_at,
-            expires_at=expires_at,
-            created_at=now,
-        )
-        .on_conflict_do_nothing(
-            index_elements=["kind", "reference"], index_where=text("reference IS NOT NULL")
-        )
-        .returning(ledger.c.id)
-    )
-    entry = (await session.execute(statement)).scalar_one_or_none()
+    params = {
+        "customer_id": customer_id,
+        "kind": kind,
+        "points": points,
+        "reference": reference,
+        "reason": reason,
+        "actor": actor,
+        "available_at": available_at,
+        "expires_at": expires_at,
+        "created_at": now,
+    }
+    entry = (await session.execute(_INSERT_ENTRY, params)).scalar_one_or_none()
     return None if entry is None else int(entry)
 
 
@@ -110,9 +170,35 @@ async def credit(
     expires_at: datetime | None = None,
     reason: str | None = None,
     actor: str | None = None,
+    debt: int | None = None,
 ) -> int | None:
-    """Add points (the member must be locked); returns the entry id, None if already there."""
+    """Add points (the member must be locked); returns the entry id, None if already there.
+
+    `debt` is the locked member's current debt when the caller already holds it: the
+    credit is then one statement (entry, lot and member update together).
+    """
     assert points >= 0
+    if debt is not None:
+        repaid = min(debt, points)
+        created = (
+            await session.execute(
+                _CREDIT,
+                {
+                    "customer_id": customer_id,
+                    "kind": kind,
+                    "points": points,
+                    "reference": reference,
+                    "reason": reason,
+                    "actor": actor,
+                    "available_at": available_at or now,
+                    "expires_at": expires_at,
+                    "now": now,
+                    "remaining": points - repaid,
+                    "repaid": repaid,
+                },
+            )
+        ).scalar_one_or_none()
+        return None if created is None else int(created)
     entry = await _append(
         session,
         customer_id,
@@ -127,25 +213,23 @@ async def credit(
     )
     if entry is None:
         return None
-    debt = (
-        await session.execute(select(members.c.debt).where(members.c.customer_id == customer_id))
-    ).scalar_one()
+    debt = (await session.execute(_SELECT_DEBT, {"customer_id": customer_id})).scalar_one()
     repaid = min(debt, points)
     if points > 0:
         await session.execute(
-            insert(lots).values(
-                customer_id=customer_id,
-                ledger_id=entry,
-                points=points,
-                remaining=points - repaid,
-                available_at=available_at or now,
-                expires_at=expires_at,
-            )
+            _INSERT_LOT,
+            {
+                "customer_id": customer_id,
+                "ledger_id": entry,
+                "points": points,
+                "remaining": points - repaid,
+                "available_at": available_at or now,
+                "expires_at": expires_at,
+            },
         )
     await session.execute(
-        update(members)
-        .where(members.c.customer_id == customer_id)
-        .values(balance=members.c.balance + points, debt=members.c.debt - repaid, updated_at=now)
+        _UPDATE_AFTER_CREDIT,
+        {"member_id": customer_id, "points": points, "repaid": repaid, "now": now},
     )
     return entry
 

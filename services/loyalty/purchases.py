@@ -9,17 +9,18 @@ publishes finds its purchase already there and changes nothing.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.loyalty import expiry, ledger, stamps, tiers
+from services.loyalty import expiry, ledger, stamps, tiers, txcache
 from services.loyalty.earning import EarningRules, Line, PurchaseFacts, points_for, refund_share
 from services.loyalty.models import SCHEMA, earning_rules, members, purchases, refunds
 from shared.events.loyalty import PointsAdjusted, PointsEarned
@@ -71,6 +72,71 @@ async def rules_at(session: AsyncSession, moment: datetime) -> tuple[int | None,
     return int(row.version), EarningRules.model_validate(row.rules)
 
 
+_RULE_VERSIONS = select(
+    earning_rules.c.version, earning_rules.c.rules, earning_rules.c.effective_from
+).order_by(earning_rules.c.effective_from.desc(), earning_rules.c.version.desc())
+_EARNED_BETWEEN = select(func.coalesce(func.sum(purchases.c.points), 0)).where(
+    purchases.c.customer_id == bindparam("customer_id"),
+    purchases.c.purchased_at >= bindparam("start", type_=purchases.c.purchased_at.type),
+    purchases.c.purchased_at < bindparam("end", type_=purchases.c.purchased_at.type),
+)
+_INSERT_PURCHASE = insert(purchases).on_conflict_do_nothing().returning(purchases.c.id)
+_EXISTING_PURCHASE = select(purchases.c.id, purchases.c.customer_id, purchases.c.points).where(
+    (purchases.c.id == bindparam("purchase_id"))
+    | (
+        (purchases.c.store_id == bindparam("store_id"))
+        & (purchases.c.order_id == bindparam("order_id"))
+    )
+)
+_BALANCE = select(members.c.balance).where(members.c.customer_id == bindparam("customer_id"))
+
+# Keys of the per-transaction memo (`txcache.memo`).
+_RULES_MEMO = "purchases.rule_versions"
+_EARNING_MEMO = "purchases.earning_rules"
+_LADDER_MEMO = "purchases.ladder"
+_DEFINITIONS_MEMO = "purchases.stamp_definitions"
+
+
+async def _earning_rules_at(
+    session: AsyncSession, memo: dict[str, Any], moment: datetime
+) -> tuple[int | None, EarningRules]:
+    """`rules_at` with the tier multipliers applied, memoised for the transaction."""
+    versions: Sequence[Any] | None = memo.get(_RULES_MEMO)
+    if versions is None:
+        versions = (await session.execute(_RULE_VERSIONS)).all()
+        memo[_RULES_MEMO] = versions
+    version = next((int(row.version) for row in versions if row.effective_from <= moment), None)
+    earning: dict[int | None, EarningRules] = memo.setdefault(_EARNING_MEMO, {})
+    rules = earning.get(version)
+    if rules is None:
+        base = (
+            DEFAULT_RULES
+            if version is None
+            else EarningRules.model_validate(
+                next(row.rules for row in versions if row.version == version)
+            )
+        )
+        rules = await tiers.with_tier_multipliers(session, base, await _ladder(session, memo))
+        earning[version] = rules
+    return version, rules
+
+
+async def _ladder(session: AsyncSession, memo: dict[str, Any]) -> list[tiers.Tier]:
+    rungs: list[tiers.Tier] | None = memo.get(_LADDER_MEMO)
+    if rungs is None:
+        rungs = await tiers.ladder(session)
+        memo[_LADDER_MEMO] = rungs
+    return rungs
+
+
+async def _stamp_definitions(session: AsyncSession, memo: dict[str, Any]) -> Sequence[Any]:
+    definitions: Sequence[Any] | None = memo.get(_DEFINITIONS_MEMO)
+    if definitions is None:
+        definitions = await stamps.active_definitions(session)
+        memo[_DEFINITIONS_MEMO] = definitions
+    return definitions
+
+
 async def _earned_on_local_day(
     session: AsyncSession, customer_id: uuid.UUID, moment: datetime, zone: str
 ) -> int:
@@ -78,11 +144,8 @@ async def _earned_on_local_day(
     start = local.replace(hour=0, minute=0, second=0, microsecond=0)
     total = (
         await session.execute(
-            select(func.coalesce(func.sum(purchases.c.points), 0)).where(
-                purchases.c.customer_id == customer_id,
-                purchases.c.purchased_at >= start,
-                purchases.c.purchased_at < start + timedelta(days=1),
-            )
+            _EARNED_BETWEEN,
+            {"customer_id": customer_id, "start": start, "end": start + timedelta(days=1)},
         )
     ).scalar_one()
     return int(total)
@@ -96,54 +159,14 @@ async def record_purchase(
     origin: str,
     now: datetime,
 ) -> Recorded:
-    """Store `purchase` and credit its points; a repeat returns the first outcome."""
-    await ledger.lock_member(session, purchase.customer_id, now)
-    inserted = (
-        await session.execute(
-            insert(purchases)
-            .values(
-                id=purchase.purchase_id,
-                customer_id=purchase.customer_id,
-                store_id=purchase.store_id or "",
-                order_id=purchase.order_id,
-                currency=purchase.currency,
-                total_minor=purchase.total_minor,
-                refunded_minor=0,
-                lines=[line.model_dump(mode="json") for line in purchase.lines],
-                channel=purchase.channel,
-                purchased_at=purchase.purchased_at,
-                points=0,
-                points_reversed=0,
-                origin=origin,
-                created_at=now,
-            )
-            .on_conflict_do_nothing()
-            .returning(purchases.c.id)
-        )
-    ).scalar_one_or_none()
-    if inserted is None:
-        existing = (
-            await session.execute(
-                select(purchases.c.id, purchases.c.customer_id, purchases.c.points).where(
-                    (purchases.c.id == purchase.purchase_id)
-                    | (
-                        (purchases.c.store_id == (purchase.store_id or ""))
-                        & (purchases.c.order_id == purchase.order_id)
-                    )
-                )
-            )
-        ).first()
-        assert existing is not None
-        balance = await _balance(session, existing.customer_id)
-        return Recorded(existing.id, existing.customer_id, int(existing.points), False, balance)
+    """Store `purchase` and credit its points; a repeat returns the first outcome.
 
-    version, rules = await rules_at(session, purchase.purchased_at)
-    rules = await tiers.with_tier_multipliers(session, rules)
-    member_tier = (
-        await session.execute(
-            select(members.c.tier).where(members.c.customer_id == purchase.customer_id)
-        )
-    ).scalar_one()
+    The member is locked once and its row (tier, debt, balance) passed down; the rules,
+    the tier ladder and the stamp card definitions are read once per transaction.
+    """
+    member = await ledger.lock_member(session, purchase.customer_id, now)
+    memo = txcache.memo(session)
+    version, rules = await _earning_rules_at(session, memo, purchase.purchased_at)
     facts = PurchaseFacts(
         currency=purchase.currency,
         total_minor=purchase.total_minor,
@@ -154,19 +177,55 @@ async def record_purchase(
     earned_today = await _earned_on_local_day(
         session, purchase.customer_id, purchase.purchased_at, rules.time_zone
     )
-    points = points_for(facts, rules, tier=member_tier, earned_today=earned_today)
-    await session.execute(
-        update(purchases)
-        .where(purchases.c.id == purchase.purchase_id)
-        .values(points=points, rule_version=version)
-    )
+    points = points_for(facts, rules, tier=member.tier, earned_today=earned_today)
+    inserted = (
+        await session.execute(
+            _INSERT_PURCHASE,
+            {
+                "id": purchase.purchase_id,
+                "customer_id": purchase.customer_id,
+                "store_id": purchase.store_id or "",
+                "order_id": purchase.order_id,
+                "currency": purchase.currency,
+                "total_minor": purchase.total_minor,
+                "refunded_minor": 0,
+                "lines": [line.model_dump(mode="json") for line in purchase.lines],
+                "channel": purchase.channel,
+                "purchased_at": purchase.purchased_at,
+                "points": points,
+                "points_reversed": 0,
+                "rule_version": version,
+                "origin": origin,
+                "created_at": now,
+            },
+        )
+    ).scalar_one_or_none()
+    if inserted is None:
+        existing = (
+            await session.execute(
+                _EXISTING_PURCHASE,
+                {
+                    "purchase_id": purchase.purchase_id,
+                    "store_id": purchase.store_id or "",
+                    "order_id": purchase.order_id,
+                },
+            )
+        ).first()
+        assert existing is not None
+        balance = (
+            int(member.balance)
+            if existing.customer_id == purchase.customer_id
+            else await _balance(session, existing.customer_id)
+        )
+        return Recorded(existing.id, existing.customer_id, int(existing.points), False, balance)
+
     available_at = purchase.purchased_at + policy.return_window
     expires_at = (
         expiry.expiry_for(purchase.purchased_at, policy.expiry_months, policy.expiry_at_period_end)
         if policy.expiry_months
         else None
     )
-    await ledger.credit(
+    entry = await ledger.credit(
         session,
         purchase.customer_id,
         kind="earn",
@@ -175,10 +234,16 @@ async def record_purchase(
         now=now,
         available_at=available_at,
         expires_at=expires_at,
+        debt=int(member.debt),
     )
-    await stamps.stamp_purchase(session, purchase, now)
-    await tiers.reevaluate(session, purchase.customer_id, now)
-    balance = await _balance(session, purchase.customer_id)
+    await stamps.stamp_purchase(
+        session, purchase, now, locked=True, definitions=await _stamp_definitions(session, memo)
+    )
+    await tiers.reevaluate(
+        session, purchase.customer_id, now, member=member, rungs=await _ladder(session, memo)
+    )
+    # Only the credit changed the (locked) balance since the member was read.
+    balance = int(member.balance) + (points if entry is not None else 0)
     if points:
         await add_event(
             session,
@@ -199,13 +264,7 @@ async def record_purchase(
 
 
 async def _balance(session: AsyncSession, customer_id: uuid.UUID) -> int:
-    return int(
-        (
-            await session.execute(
-                select(members.c.balance).where(members.c.customer_id == customer_id)
-            )
-        ).scalar_one()
-    )
+    return int((await session.execute(_BALANCE, {"customer_id": customer_id})).scalar_one())
 
 
 async def record_refund(

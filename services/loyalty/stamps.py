@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.loyalty import ledger
@@ -137,35 +137,51 @@ async def _complete(
     return code
 
 
+_ACTIVE_DEFINITIONS = (
+    select(stamp_card_definitions)
+    .where(stamp_card_definitions.c.active)
+    .order_by(stamp_card_definitions.c.created_at, stamp_card_definitions.c.id)
+)
+_STAMPED = (
+    select(stamp_entries.c.id)
+    .where(stamp_entries.c.purchase_id == bindparam("purchase_id"))
+    .limit(1)
+)
+
+
+async def active_definitions(session: AsyncSession) -> Sequence[Any]:
+    """The active card definitions, oldest first."""
+    return (await session.execute(_ACTIVE_DEFINITIONS)).all()
+
+
 async def stamp_lines(
     session: AsyncSession,
     purchase_id: uuid.UUID,
     customer_id: uuid.UUID,
     lines: Sequence[Mapping[str, Any]],
     now: datetime,
+    *,
+    locked: bool = False,
+    definitions: Sequence[Any] | None = None,
 ) -> list[str]:
     """Stamp a purchase's lines onto the member's cards; the voucher codes it completed.
 
-    Idempotent: a purchase that already has stamp entries changes nothing.
+    Idempotent: a purchase that already has stamp entries changes nothing. `locked`
+    says the caller already holds the member's lock; `definitions` are the active
+    definitions when the caller already read them in this transaction.
     """
-    await ledger.lock_member(session, customer_id, now)
-    done = (
-        await session.execute(
-            select(stamp_entries.c.id).where(stamp_entries.c.purchase_id == purchase_id).limit(1)
-        )
-    ).first()
+    if not locked:
+        await ledger.lock_member(session, customer_id, now)
+    if definitions is None:
+        definitions = await active_definitions(session)
+    wanted = [(definition, matching_quantity(definition, lines)) for definition in definitions]
+    if not any(due > 0 for _, due in wanted):
+        return []
+    done = (await session.execute(_STAMPED, {"purchase_id": purchase_id})).first()
     if done is not None:
         return []
-    definitions = (
-        await session.execute(
-            select(stamp_card_definitions)
-            .where(stamp_card_definitions.c.active)
-            .order_by(stamp_card_definitions.c.created_at, stamp_card_definitions.c.id)
-        )
-    ).all()
     codes: list[str] = []
-    for definition in definitions:
-        due = matching_quantity(definition, lines)
+    for definition, due in wanted:
         while due > 0:
             card = await _open_card(session, customer_id, definition.id, now)
             take = min(due, int(definition.stamps_required) - int(card.stamps))
@@ -186,11 +202,24 @@ async def stamp_lines(
 
 
 async def stamp_purchase(
-    session: AsyncSession, purchase: PurchaseCompleted, now: datetime
+    session: AsyncSession,
+    purchase: PurchaseCompleted,
+    now: datetime,
+    *,
+    locked: bool = False,
+    definitions: Sequence[Any] | None = None,
 ) -> list[str]:
     """Stamp a newly recorded purchase (see `stamp_lines`)."""
     lines = [line.model_dump() for line in purchase.lines]
-    return await stamp_lines(session, purchase.purchase_id, purchase.customer_id, lines, now)
+    return await stamp_lines(
+        session,
+        purchase.purchase_id,
+        purchase.customer_id,
+        lines,
+        now,
+        locked=locked,
+        definitions=definitions,
+    )
 
 
 async def unstamp_refund(

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Select, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.loyalty import ledger
@@ -93,28 +93,45 @@ def rank_of(ladder: list[Tier], name: str | None) -> int | None:
     return next((t.rank for t in ladder if t.name == name), None)
 
 
+_MEASURE_STATEMENTS: dict[tuple[tuple[str, int], ...], Select[tuple[Any, ...]]] = {}
+
+
+def _measure_statement(pairs: tuple[tuple[str, int], ...]) -> Select[tuple[Any, ...]]:
+    """One SELECT summing every (basis, window) over its own window (built once)."""
+    statement = _MEASURE_STATEMENTS.get(pairs)
+    if statement is None:
+        columns = []
+        for index, (basis, _) in enumerate(pairs):
+            amount = (
+                purchases.c.total_minor - purchases.c.refunded_minor
+                if basis == "spend"
+                else purchases.c.points - purchases.c.points_reversed
+            )
+            since = bindparam(f"since_{index}", type_=purchases.c.purchased_at.type)
+            columns.append(
+                func.coalesce(func.sum(amount).filter(purchases.c.purchased_at > since), 0)
+            )
+        statement = select(*columns).where(
+            purchases.c.customer_id == bindparam("customer_id"),
+            purchases.c.purchased_at > bindparam("since", type_=purchases.c.purchased_at.type),
+            purchases.c.purchased_at <= bindparam("now", type_=purchases.c.purchased_at.type),
+        )
+        _MEASURE_STATEMENTS[pairs] = statement
+    return statement
+
+
 async def measures_of(
     session: AsyncSession, customer_id: uuid.UUID, ladder: list[Tier], now: datetime
 ) -> dict[tuple[str, int], int]:
     """Spend and points per (basis, window_days) the ladder needs, over (now - window, now]."""
-    result: dict[tuple[str, int], int] = {}
-    for basis, window_days in {(t.basis, t.window_days) for t in ladder}:
-        amount = (
-            purchases.c.total_minor - purchases.c.refunded_minor
-            if basis == "spend"
-            else purchases.c.points - purchases.c.points_reversed
-        )
-        total = (
-            await session.execute(
-                select(func.coalesce(func.sum(amount), 0)).where(
-                    purchases.c.customer_id == customer_id,
-                    purchases.c.purchased_at > now - timedelta(days=window_days),
-                    purchases.c.purchased_at <= now,
-                )
-            )
-        ).scalar_one()
-        result[(basis, window_days)] = int(total)
-    return result
+    pairs = tuple(sorted({(t.basis, t.window_days) for t in ladder}))
+    if not pairs:
+        return {}
+    starts = [now - timedelta(days=window_days) for _, window_days in pairs]
+    params: dict[str, Any] = {"customer_id": customer_id, "since": min(starts), "now": now}
+    params.update({f"since_{index}": start for index, start in enumerate(starts)})
+    totals = (await session.execute(_measure_statement(pairs), params)).one()
+    return {pair: int(total) for pair, total in zip(pairs, totals, strict=True)}
 
 
 async def _change(
@@ -161,10 +178,23 @@ async def _change(
     return Change(customer_id, previous, name, direction)
 
 
-async def reevaluate(session: AsyncSession, customer_id: uuid.UUID, now: datetime) -> Change | None:
-    """Move the member up at once when a higher tier qualifies; never down (see review)."""
-    member = await ledger.lock_member(session, customer_id, now)
-    rungs = await ladder(session)
+async def reevaluate(
+    session: AsyncSession,
+    customer_id: uuid.UUID,
+    now: datetime,
+    *,
+    member: Any = None,
+    rungs: list[Tier] | None = None,
+) -> Change | None:
+    """Move the member up at once when a higher tier qualifies; never down (see review).
+
+    `member` is the member's row when the caller already holds its lock (its tier is
+    current), `rungs` the ladder when the caller already read it in this transaction.
+    """
+    if member is None:
+        member = await ledger.lock_member(session, customer_id, now)
+    if rungs is None:
+        rungs = await ladder(session)
     if not rungs:
         return None
     best = best_tier(rungs, await measures_of(session, customer_id, rungs, now))
@@ -253,14 +283,20 @@ async def benefits(session: AsyncSession, tier: str | None) -> tuple[Decimal, De
     return Decimal(row.earn_multiplier), Decimal(row.discount_percent)
 
 
-async def with_tier_multipliers(session: AsyncSession, rules: EarningRules) -> EarningRules:
+async def with_tier_multipliers(
+    session: AsyncSession, rules: EarningRules, rungs: list[Tier] | None = None
+) -> EarningRules:
     """`rules` with the tier table's earn multipliers (they win over the rules' own).
 
     `EarningRules.tier_multipliers` stays for tiers the table does not define, so a rule
-    set saved before tiers existed keeps working.
+    set saved before tiers existed keeps working. `rungs`, when given, is the ladder
+    already read in this transaction (the same table).
     """
-    rows = await session.execute(select(tiers.c.name, tiers.c.earn_multiplier))
-    table = {name: Decimal(multiplier) for name, multiplier in rows}
+    if rungs is None:
+        rows = await session.execute(select(tiers.c.name, tiers.c.earn_multiplier))
+        table = {name: Decimal(multiplier) for name, multiplier in rows}
+    else:
+        table = {t.name: t.earn_multiplier for t in rungs}
     if not table:
         return rules
     return rules.model_copy(update={"tier_multipliers": {**rules.tier_multipliers, **table}})
