@@ -26,7 +26,9 @@ Loads
 What is measured
     Outbox commit time: read right after the producer's COMMIT returned; every event of
     the transaction gets that time. Handler commit time: the bench handler (the test
-    handler's INSERT into `pipeline_test.applied`, or nothing with `--handler noop`)
+    handler's row in `pipeline_test.applied` per event, written by a batch handler with one
+    statement per run by default, one statement per event with `--handler insert`, or
+    nothing with `--handler noop`)
     notes the event id in the session, and an SQLAlchemy `after_commit` listener reads
     the clock right after the consumer's COMMIT returned, i.e. once the handler's effect
     and its inbox row are durable and visible. Both are `time.monotonic()`, which on
@@ -79,7 +81,14 @@ from bench.infra import (
     run_pgbench,
     start_broker,
 )
-from bench.probes import Probe, ProbedSession, TimedTransport, apply_ping, percentile
+from bench.probes import (
+    APPLY_PINGS,
+    Probe,
+    ProbedSession,
+    TimedTransport,
+    apply_ping,
+    percentile,
+)
 from bench.producer import SOURCE, LoadPlan, run_load, warm_up
 from bench.report import Outcome, render
 from shared.db.engine import create_engine, session_factory
@@ -118,7 +127,7 @@ class Options:
     partitions: list[int]
     loads: list[LoadName]
     consumers: int | None
-    handler: Literal["insert", "noop"]
+    handler: Literal["batch", "insert", "noop"]
     pgbench_scale: int
     pgbench_seconds: int
     pgbench_clients: int
@@ -222,7 +231,9 @@ async def build_stack(
     )
     await transport.start()
     probe = Probe()
-    handlers: dict[type[Event], Handler] = {PingRecorded: apply_ping}
+    handlers: dict[type[Event], Handler] = {
+        PingRecorded: APPLY_PINGS if options.handler == "batch" else apply_ping
+    }
     group = ConsumerGroup(GROUP, SCHEMA, SOURCE, handlers, TEST_EVENTS)
     runners = [
         ConsumerRunner(
@@ -236,7 +247,7 @@ async def build_stack(
                     "group": GROUP,
                     "probe": probe,
                     "member": member,
-                    "work": options.handler == "insert",
+                    "work": options.handler != "noop",
                 },
             ),
             batch_size=settings.consumer_batch_size,
@@ -450,9 +461,10 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     add("--consumers", type=int, help="group members per scenario (default: one per partition)")
     add(
         "--handler",
-        choices=["insert", "noop"],
-        default="insert",
-        help="insert: one row per event, as the test handler (default); noop: pipeline only",
+        choices=["batch", "insert", "noop"],
+        default="batch",
+        help="batch: the test handler's row per event, one statement per run (default);"
+        " insert: one statement per event; noop: pipeline only",
     )
     add("--pgbench-scale", type=int, default=10)
     add("--pgbench-seconds", type=int, help="pgbench -T (10; quick 3)")

@@ -19,8 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from shared.events.envelope import EventEnvelope
+from shared.pipeline.consumer import BatchHandler, Run
 from shared.pipeline.transports.base import OutgoingMessage, Subscription, Transport
-from tests.pipeline.harness import PingRecorded, record_ping
+from tests.pipeline.harness import PingRecorded, record_ping, record_pings
 
 APPLIED = "bench.applied"
 """`session.info` key: ids of the events the open consumer transaction applied."""
@@ -87,6 +88,16 @@ async def apply_ping(session: AsyncSession, event: PingRecorded, envelope: Event
     if session.info["work"]:
         await record_ping(session, event, envelope)
     session.info.setdefault(APPLIED, []).append(envelope.id.hex)
+
+
+async def apply_pings(session: AsyncSession, run: Run) -> None:
+    """The bench's batch handler: the same rows as `apply_ping`, one statement per run."""
+    if session.info["work"]:
+        await record_pings(session, run)
+    session.info.setdefault(APPLIED, []).extend(envelope.id.hex for _, envelope in run)
+
+
+APPLY_PINGS = BatchHandler(apply_pings)
 
 
 class TimedTransport(Transport):

@@ -21,7 +21,7 @@ from shared.db.migrations import migrate
 from shared.events.envelope import Event, EventEnvelope
 from shared.events.platform import DEAD_LETTER_TOPIC
 from shared.events.registry import EVENTS, EventRegistry
-from shared.pipeline.consumer import ConsumerGroup, ConsumerRunner, Handler
+from shared.pipeline.consumer import BatchHandler, ConsumerGroup, ConsumerRunner, Handler, Run
 from shared.pipeline.outbox import add_event
 from shared.pipeline.relay import Relay
 from shared.pipeline.transports.base import Transport
@@ -67,6 +67,32 @@ async def record_ping(session: AsyncSession, event: PingRecorded, envelope: Even
             "time": envelope.time,
         },
     )
+
+
+async def record_pings(session: AsyncSession, run: Run) -> None:
+    """The batch form of `record_ping`: one multi-row INSERT for a run of pings."""
+    if any(event.fail for event, _ in run):
+        failing = next(event for event, _ in run if event.fail)
+        raise RuntimeError(f"ping {failing.seq} asked to fail")
+    await session.execute(
+        text(
+            f"INSERT INTO {SCHEMA}.applied (consumer_group, event_id, entity, seq, published_at) "
+            "VALUES (:group, :id, :entity, :seq, :time)"
+        ),
+        [
+            {
+                "group": session.info["group"],
+                "id": envelope.id,
+                "entity": event.entity,
+                "seq": event.seq,
+                "time": envelope.time,
+            }
+            for event, envelope in run
+        ],
+    )
+
+
+RECORD_PINGS = BatchHandler(record_pings)
 
 
 def settings_for(database_url: str, bootstrap: str | None = None) -> Settings:
@@ -119,8 +145,12 @@ class Pipeline:
     def relay(self, transport: Transport | None = None) -> Relay:
         return Relay(self.engine, SCHEMA, transport or self.transport)
 
-    def consumer(self, group: str, transport: Transport | None = None) -> ConsumerRunner:
-        handlers: dict[type[Event], Handler] = {PingRecorded: record_ping}
+    def consumer(
+        self, group: str, transport: Transport | None = None, *, batch: bool = False
+    ) -> ConsumerRunner:
+        handlers: dict[type[Event], Handler] = {
+            PingRecorded: RECORD_PINGS if batch else record_ping
+        }
         definition = ConsumerGroup(group, SCHEMA, "pipeline-test", handlers, TEST_EVENTS)
         sessions = async_sessionmaker(self.engine, expire_on_commit=False, info={"group": group})
         return ConsumerRunner(

@@ -255,3 +255,30 @@ async def test_bad_messages_go_to_dead_letters_and_the_consumer_goes_on(
     assert any("version 99" in r for r in reasons)
     assert {letter.original_topic for letter in letters} == {TOPIC}
     assert any(letter.payload == "this is not json" for letter in letters)
+
+
+async def test_batch_handlers_keep_order_and_isolate_a_bad_event(pipeline: Pipeline) -> None:
+    pipeline.run(pipeline.relay())
+    pipeline.run(pipeline.consumer("batched", batch=True))
+    batch = pings(entities=3, per_entity=10)
+    batch[13] = PingRecorded(entity=batch[13].entity, seq=batch[13].seq, fail=True)
+    await pipeline.publish(batch, per_transaction=30)
+
+    async def settled() -> bool:
+        return len(await pipeline.applied("batched")) >= 29
+
+    await wait_until(settled, timeout=60)
+    await asyncio.sleep(0.5)
+    applied = await pipeline.applied("batched")
+    failed = (batch[13].entity, batch[13].seq)
+    assert (failed[0], failed[1]) not in {(e, s) for e, s, _ in applied}
+    assert len(applied) == 29, "the bad event is dead-lettered, the rest applied once"
+    by_entity: dict[str, list[int]] = defaultdict(list)
+    for entity, seq, _ in applied:
+        by_entity[entity].append(seq)
+    for entity, seqs in by_entity.items():
+        assert seqs == sorted(seqs), f"{entity} out of order"
+    dead = await pipeline.scalar(
+        f"SELECT count(*) FROM {SCHEMA}.outbox WHERE topic = :t", t=DEAD_LETTER_TOPIC
+    )
+    assert dead == 1
