@@ -2,8 +2,10 @@
 
 The duplicate's whole points history moves: its lots (all of them, so a later release of
 a reservation or a refund finds the lots it consumed on the survivor), purchases,
-redemptions and debt. Each side gets one ledger entry (`merge_out` on the duplicate,
-`merge_in` on the survivor, both referenced `merge:{duplicate}`), so that for EACH member
+redemptions, debt and stamp cards (an open card is folded into the survivor's open card
+of the same definition, see `stamps.merge_cards`). Each side gets one ledger entry
+(`merge_out` on the duplicate, `merge_in` on the survivor, both referenced
+`merge:{duplicate}`), so that for EACH member
 
     members.balance == sum(ledger.points) == sum(lots.remaining) - members.debt
 
@@ -20,7 +22,7 @@ from datetime import datetime
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.loyalty import ledger
+from services.loyalty import ledger, stamps
 from services.loyalty.models import (
     ledger as ledger_table,
 )
@@ -47,6 +49,7 @@ class MergeOutcome:
     debt: int = 0
     tier: str | None = None
     previous_tier: str | None = None
+    vouchers: tuple[str, ...] = ()
 
 
 async def survivor_of(session: AsyncSession, customer_id: uuid.UUID) -> uuid.UUID:
@@ -158,6 +161,7 @@ async def merge_members(
         .where(redemptions.c.customer_id == duplicate_id)
         .values(customer_id=survivor_id)
     )
+    vouchers = await stamps.merge_cards(session, survivor_id, duplicate_id, now)
 
     tier, previous_tier = survivor.tier, survivor.tier
     survivor_values: dict[str, object] = {
@@ -203,7 +207,12 @@ async def merge_members(
     if survivor_debt:
         await _net_debt(session, survivor_id, in_entry, survivor_debt)
     return MergeOutcome(
-        moved=True, points=points, debt=debt, tier=tier, previous_tier=previous_tier
+        moved=True,
+        points=points,
+        debt=debt,
+        tier=tier,
+        previous_tier=previous_tier,
+        vouchers=tuple(vouchers),
     )
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, any_, func, literal, or_, select, update
+from sqlalchemy import Row, and_, any_, func, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
@@ -232,6 +232,62 @@ async def get_redemption(
         condition = redemptions.c.voucher_code == normalise_voucher_code(voucher or "")
     row = (await session.execute(select(redemptions).where(condition))).one_or_none()
     return None if row is None else _redemption(row)
+
+
+async def member_redemptions(
+    session: AsyncSession,
+    customer_id: uuid.UUID,
+    *,
+    status: str | None,
+    before: uuid.UUID | None,
+    limit: int,
+) -> list[Redemption]:
+    """A member's redemptions, newest first (by `created_at`, then id).
+
+    `before` is the id of the last redemption of the previous page; the page holds the
+    redemptions that come after it in this order. Raises `RedemptionRefused` for an
+    unknown member (404) or a cursor that is not one of the member's redemptions (400).
+    """
+    known = (
+        await session.execute(
+            select(members.c.customer_id).where(members.c.customer_id == customer_id)
+        )
+    ).scalar_one_or_none()
+    if known is None:
+        raise RedemptionRefused(
+            404, "member-not-found", "Member not found", f"No member {customer_id}."
+        )
+    statement = select(redemptions).where(redemptions.c.customer_id == customer_id)
+    if status is not None:
+        statement = statement.where(redemptions.c.status == status)
+    if before is not None:
+        cursor = (
+            await session.execute(
+                select(redemptions.c.created_at, redemptions.c.id).where(
+                    redemptions.c.id == before, redemptions.c.customer_id == customer_id
+                )
+            )
+        ).one_or_none()
+        if cursor is None:
+            raise RedemptionRefused(
+                400,
+                "invalid-cursor",
+                "Invalid cursor",
+                f"{before} is not a redemption of member {customer_id}.",
+            )
+        statement = statement.where(
+            or_(
+                redemptions.c.created_at < cursor.created_at,
+                and_(
+                    redemptions.c.created_at == cursor.created_at,
+                    redemptions.c.id < cursor.id,
+                ),
+            )
+        )
+    rows = await session.execute(
+        statement.order_by(redemptions.c.created_at.desc(), redemptions.c.id.desc()).limit(limit)
+    )
+    return [_redemption(row) for row in rows]
 
 
 async def _lock_existing_member(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -26,6 +26,7 @@ Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 Description = Annotated[str, StringConstraints(strip_whitespace=True, max_length=1000)]
 Points = Annotated[int, Field(gt=0, le=10**9)]
 T = TypeVar("T")
+RedemptionStatus = Literal["reserved", "confirmed", "released", "expired"]
 
 
 class Strict(BaseModel):
@@ -232,6 +233,26 @@ def routes() -> APIRouter:
                 f"No redemption {redemption_id}.",
             )
         return RedemptionOut.model_validate(found)
+
+    @router.get("/members/{customer_id}/redemptions")
+    async def member_redemptions(
+        customer_id: uuid.UUID,
+        session: Session,
+        _: ReadAuth,
+        status: RedemptionStatus | None = None,
+        before: Annotated[
+            uuid.UUID | None,
+            Query(description="Cursor: the id of the last redemption of the previous page"),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    ) -> list[RedemptionOut]:
+        """A member's redemptions, newest first; page on with `before` = the last id seen."""
+        found = await _refusals(
+            rewards.member_redemptions(
+                session, customer_id, status=status, before=before, limit=limit
+            )
+        )
+        return [RedemptionOut.model_validate(redemption) for redemption in found]
 
     @router.get("/vouchers/{code}")
     async def get_voucher(code: str, session: Session, _: ReadAuth) -> RedemptionOut:

@@ -9,6 +9,9 @@
   (the whole of them when the purchase is fully refunded), never below zero. Stamps that
   already went into a completed card are not taken back and its voucher stays valid:
   the member may already have used it, and a till cannot take back a free coffee.
+* A member merge (`merge_cards`) moves the duplicate's cards to the survivor, folding an
+  open card into the survivor's open card of the same definition (completing it when the
+  stamps add up).
 
 Every stamp is a `stamp_entries` row (signed), keyed by purchase and refund, which makes
 stamping and un-stamping idempotent.
@@ -22,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.loyalty import ledger
@@ -352,3 +355,119 @@ async def cards_of(session: AsyncSession, customer_id: uuid.UUID) -> list[dict[s
         }
         for row in rows
     ]
+
+
+async def _split_overflow(
+    session: AsyncSession, card_id: uuid.UUID, into: uuid.UUID, overflow: int
+) -> None:
+    """Move `overflow` stamps of `card_id`'s entries, newest first, onto the card `into`.
+
+    An entry larger than what is left to move is split in two, as `stamp_lines` would have
+    written it; refund entries stay where they are, so per purchase the entries still add
+    up to the stamps it was granted.
+    """
+    rows = (
+        await session.execute(
+            select(stamp_entries)
+            .where(
+                stamp_entries.c.card_id == card_id,
+                stamp_entries.c.refund_id.is_(None),
+                stamp_entries.c.stamps > 0,
+            )
+            .order_by(stamp_entries.c.id.desc())
+        )
+    ).all()
+    for entry in rows:
+        if overflow <= 0:
+            break
+        if int(entry.stamps) <= overflow:
+            await session.execute(
+                update(stamp_entries).where(stamp_entries.c.id == entry.id).values(card_id=into)
+            )
+            overflow -= int(entry.stamps)
+            continue
+        await session.execute(
+            update(stamp_entries)
+            .where(stamp_entries.c.id == entry.id)
+            .values(stamps=stamp_entries.c.stamps - overflow)
+        )
+        await session.execute(
+            insert(stamp_entries).values(
+                card_id=into,
+                purchase_id=entry.purchase_id,
+                stamps=overflow,
+                created_at=entry.created_at,
+            )
+        )
+        overflow = 0
+
+
+async def merge_cards(
+    session: AsyncSession, survivor_id: uuid.UUID, duplicate_id: uuid.UUID, now: datetime
+) -> list[str]:
+    """Move `duplicate_id`'s stamp cards to `survivor_id`; the voucher codes it completed.
+
+    Completed cards simply change hands. An open card of a definition the survivor also
+    has open is folded into the survivor's: its entries are re-pointed there (so refunds
+    of its purchases find them) and the emptied card is deleted. When the combined stamps
+    reach `stamps_required` the card is completed (voucher, `stamp_card.completed`,
+    `reward.issued`) and the overflow carries onto a new open card, as in `stamp_lines`.
+    The caller holds both members' locks and applies a merge once.
+    """
+    codes: list[str] = []
+    for card in (
+        await session.execute(
+            select(stamp_cards)
+            .where(stamp_cards.c.customer_id == duplicate_id, stamp_cards.c.completed_at.is_(None))
+            .order_by(stamp_cards.c.created_at, stamp_cards.c.id)
+            .with_for_update()
+        )
+    ).all():
+        target = (
+            await session.execute(
+                select(stamp_cards)
+                .where(
+                    stamp_cards.c.customer_id == survivor_id,
+                    stamp_cards.c.definition_id == card.definition_id,
+                    stamp_cards.c.completed_at.is_(None),
+                )
+                .with_for_update()
+            )
+        ).one_or_none()
+        if target is None:
+            continue  # moved with the completed cards below
+        await session.execute(
+            update(stamp_entries)
+            .where(stamp_entries.c.card_id == card.id)
+            .values(card_id=target.id)
+        )
+        await session.execute(delete(stamp_cards).where(stamp_cards.c.id == card.id))
+        definition = (
+            await session.execute(
+                select(stamp_card_definitions).where(
+                    stamp_card_definitions.c.id == card.definition_id
+                )
+            )
+        ).one()
+        required = int(definition.stamps_required)
+        card_id, total = target.id, int(target.stamps) + int(card.stamps)
+        while total >= required:
+            # Free the (customer, definition) open slot before opening the overflow card.
+            codes.append(await _complete(session, card_id, survivor_id, definition, now))
+            await session.execute(
+                update(stamp_cards).where(stamp_cards.c.id == card_id).values(stamps=required)
+            )
+            overflow = total - required
+            following = await _open_card(session, survivor_id, definition.id, now)
+            if overflow:
+                await _split_overflow(session, card_id, following.id, overflow)
+            card_id, total = following.id, overflow
+        await session.execute(
+            update(stamp_cards).where(stamp_cards.c.id == card_id).values(stamps=total)
+        )
+    await session.execute(
+        update(stamp_cards)
+        .where(stamp_cards.c.customer_id == duplicate_id)
+        .values(customer_id=survivor_id)
+    )
+    return codes
