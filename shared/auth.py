@@ -50,6 +50,17 @@ class Principal:
     scopes: frozenset[Scope]
     store_id: str | None = None
 
+    def store_for(self, body_store: str | None) -> str | None:
+        """The store a request acts for: the token's, else the body's; 403 if they differ."""
+        if self.store_id and body_store and body_store != self.store_id:
+            raise Problem(
+                403,
+                "store-mismatch",
+                "Store mismatch",
+                f"This token belongs to store {self.store_id}, not {body_store}.",
+            )
+        return self.store_id or body_store
+
     def has(self, scope: Scope) -> bool:
         """True when one of the token's scopes grants `scope`."""
         return any(scope in _IMPLIED[held] for held in self.scopes)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
 from services.contacts import consents_api, errors, gdpr_api, imports_api, profiles, repository
 from services.contacts.deps import Rules, Session
-from services.contacts.repository import ContactFilter
+from services.contacts.filters import ContactQuery
 from services.contacts.schemas import ContactCreate, ContactOut, ContactPage, ContactUpdate
 from shared.auth import AdminAuth, PosAuth, ReadAuth
-from shared.events.contacts import Channel, ConsentStatus
 from shared.http.problems import Problem
 
 
@@ -30,15 +28,8 @@ def routes() -> APIRouter:
         body: ContactCreate, session: Session, rules: Rules, principal: PosAuth, response: Response
     ) -> ContactOut:
         """Sign a customer up (a duplicate email, phone or card is 409 with the existing id)."""
-        if principal.store_id and body.store_id and body.store_id != principal.store_id:
-            raise Problem(
-                403,
-                "store-mismatch",
-                "Store mismatch",
-                f"This token belongs to store {principal.store_id}, not {body.store_id}.",
-            )
         contact = await profiles.sign_up(
-            session, body, rules, store_id=principal.store_id or body.store_id
+            session, body, rules, store_id=principal.store_for(body.store_id)
         )
         response.headers["Location"] = f"/v1/contacts/{contact.id}"
         return profiles.to_out(contact)
@@ -47,28 +38,11 @@ def routes() -> APIRouter:
     async def list_contacts(
         session: Session,
         _: ReadAuth,
-        q: Annotated[
-            str | None, Query(max_length=100, description="Text in name, email, phone or card")
-        ] = None,
-        tag: Annotated[str | None, Query(max_length=64)] = None,
-        consent: Annotated[
-            str | None, Query(description="channel or channel:status, e.g. `email:granted`")
-        ] = None,
-        created_from: datetime | None = None,
-        created_to: datetime | None = None,
+        criteria: ContactQuery,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         cursor: str | None = None,
     ) -> ContactPage:
         """List customers, oldest first, filtered; cursor-paginated."""
-        channel, status = _consent_filter(consent)
-        criteria = ContactFilter(
-            text=q,
-            tag=tag,
-            consent_channel=channel,
-            consent_status=status,
-            created_from=created_from,
-            created_to=created_to,
-        )
         try:
             contacts, next_cursor = await repository.page(session, criteria, limit, cursor)
         except ValueError as exc:
@@ -126,14 +100,3 @@ def routes() -> APIRouter:
         return profiles.to_out(contact, await repository.consents_of(session, [contact.id]))
 
     return router
-
-
-def _consent_filter(raw: str | None) -> tuple[str | None, str | None]:
-    if not raw:
-        return None, None
-    channel, _, status = raw.partition(":")
-    if channel not in Channel.__args__:  # type: ignore[attr-defined]
-        raise errors.invalid("query.consent", f"unknown channel {channel!r}")
-    if status and status not in ConsentStatus.__args__:  # type: ignore[attr-defined]
-        raise errors.invalid("query.consent", f"unknown status {status!r}")
-    return channel, status or None

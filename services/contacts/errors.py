@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from shared.http.problems import Problem
+from shared.http.problems import Problem, validation_problem
 
 
 def duplicate(holders: dict[str, uuid.UUID]) -> Problem:
@@ -28,14 +28,8 @@ def not_found(contact_id: uuid.UUID) -> Problem:
 
 
 def invalid(field: str, message: str) -> Problem:
-    """422 naming the field at fault, shaped like the framework's validation errors."""
-    return Problem(
-        422,
-        "validation-error",
-        "Validation error",
-        f"The request is not valid: {field}.",
-        errors=[{"field": field, "message": message, "type": "value_error"}],
-    )
+    """422 naming the field at fault (the platform's shape for validation errors)."""
+    return validation_problem(field, message)
 
 
 def gone(contact_id: uuid.UUID, status: str, merged_into: uuid.UUID | None) -> Problem:

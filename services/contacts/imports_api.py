@@ -20,6 +20,7 @@ from starlette.requests import ClientDisconnect
 
 from services.contacts import errors, exports, import_repository
 from services.contacts.deps import Session
+from services.contacts.filters import ContactQuery
 from services.contacts.import_files import NotCsv, TooLarge
 from services.contacts.import_rows import FIELDS, HeaderError
 from services.contacts.import_schemas import (
@@ -30,9 +31,7 @@ from services.contacts.import_schemas import (
     job_out,
 )
 from services.contacts.imports import Importer
-from services.contacts.repository import ContactFilter
 from shared.auth import AdminAuth
-from shared.events.contacts import Channel, ConsentStatus
 from shared.http.problems import Problem
 
 CSV_TYPE = "text/csv"
@@ -210,26 +209,9 @@ def routes() -> APIRouter:
     )
     async def export_csv(
         _: AdminAuth,
-        q: Annotated[
-            str | None, Query(max_length=100, description="Text in name, email, phone or card")
-        ] = None,
-        tag: Annotated[str | None, Query(max_length=64)] = None,
-        consent: Annotated[
-            str | None, Query(description="channel or channel:status, e.g. `email:granted`")
-        ] = None,
-        created_from: datetime | None = None,
-        created_to: datetime | None = None,
+        criteria: ContactQuery,
     ) -> StreamingResponse:
         """Customers as CSV, with the filters of `GET /v1/contacts`; streamed, oldest first."""
-        channel, status = _consent_filter(consent)
-        criteria = ContactFilter(
-            text=q,
-            tag=tag,
-            consent_channel=channel,
-            consent_status=status,
-            created_from=created_from,
-            created_to=created_to,
-        )
         body = exports.stream_csv(importer().sessions(), criteria)
         # The header row is made before answering, so a failing query is still a problem
         # document and not a cut-off download.
@@ -273,19 +255,6 @@ def _disposition_filename(header: str | None) -> str | None:
 
 def _job_not_found(job_id: uuid.UUID) -> Problem:
     return Problem(404, "import-not-found", "Import not found", f"No import {job_id}.")
-
-
-def _consent_filter(raw: str | None) -> tuple[str | None, str | None]:
-    # As `GET /v1/contacts` reads it (api._consent_filter); api.py imports this module,
-    # so it cannot be imported from there.
-    if not raw:
-        return None, None
-    channel, _, status = raw.partition(":")
-    if channel not in Channel.__args__:  # type: ignore[attr-defined]
-        raise errors.invalid("query.consent", f"unknown channel {channel!r}")
-    if status and status not in ConsentStatus.__args__:  # type: ignore[attr-defined]
-        raise errors.invalid("query.consent", f"unknown status {status!r}")
-    return channel, status or None
 
 
 def _encode(created_at: datetime, job_id: uuid.UUID) -> str:

@@ -46,7 +46,7 @@ from shared.auth import AdminAuth, PosAuth, ReadAuth
 from shared.events.loyalty import PointsAdjusted
 from shared.events.purchases import PurchaseCompleted, PurchaseLine, PurchaseRefunded
 from shared.http.app import session_dependency
-from shared.http.problems import Problem
+from shared.http.problems import Problem, validation_problem
 from shared.pipeline.outbox import add_event
 from shared.settings import Settings
 
@@ -62,16 +62,6 @@ def _settings(request: Request) -> Settings:
 AppSettings = Annotated[Settings, Depends(_settings)]
 
 
-def _invalid(field: str, message: str) -> Problem:
-    return Problem(
-        422,
-        "validation-error",
-        "Validation error",
-        f"The request is not valid: {field}.",
-        errors=[{"field": field, "message": message, "type": "value_error"}],
-    )
-
-
 async def _resolve(session: AsyncSession, ref: CustomerRef, region: str) -> uuid.UUID:
     """The member a till names by id, card, phone or email (from the local projection)."""
     if ref.id is not None:
@@ -82,7 +72,7 @@ async def _resolve(session: AsyncSession, ref: CustomerRef, region: str) -> uuid
         try:
             number = phonenumbers.parse(ref.phone, region)
         except phonenumbers.NumberParseException as exc:
-            raise _invalid("body.customer.phone", "not a phone number") from exc
+            raise validation_problem("body.customer.phone", "not a phone number") from exc
         column = members.c.phone
         value = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
     else:
@@ -95,17 +85,6 @@ async def _resolve(session: AsyncSession, ref: CustomerRef, region: str) -> uuid
     if found is None:
         raise Problem(404, "member-not-found", "Member not found", "No member matches.")
     return uuid.UUID(str(found))
-
-
-def _store(body_store: str | None, token_store: str | None) -> str | None:
-    if token_store and body_store and token_store != body_store:
-        raise Problem(
-            403,
-            "store-mismatch",
-            "Store mismatch",
-            f"This token belongs to store {token_store}, not {body_store}.",
-        )
-    return token_store or body_store
 
 
 def routes() -> APIRouter:
@@ -129,7 +108,7 @@ def routes() -> APIRouter:
         event = PurchaseCompleted(
             purchase_id=uuid.uuid4(),
             customer_id=customer_id,
-            store_id=_store(body.store_id, principal.store_id),
+            store_id=principal.store_for(body.store_id),
             order_id=body.order_id,
             currency=body.currency,
             total_minor=body.total_minor,
@@ -138,7 +117,7 @@ def routes() -> APIRouter:
             purchased_at=body.purchased_at or now,
         )
         if event.purchased_at > now + timedelta(minutes=5):
-            raise _invalid("body.purchased_at", "a purchase cannot be in the future")
+            raise validation_problem("body.purchased_at", "a purchase cannot be in the future")
         recorded = await purchases.record_purchase(
             session, event, policy_from(settings), origin="http", now=now
         )

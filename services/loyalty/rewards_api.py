@@ -139,17 +139,6 @@ async def _refusals(work: Awaitable[T]) -> T:
         raise Problem(exc.status, exc.kind, exc.title, exc.detail, **exc.extra) from exc
 
 
-def _store(body_store: str | None, token_store: str | None) -> str | None:
-    if token_store and body_store and token_store != body_store:
-        raise Problem(
-            403,
-            "store-mismatch",
-            "Store mismatch",
-            f"This token belongs to store {token_store}, not {body_store}.",
-        )
-    return token_store or body_store
-
-
 def _reward_not_found(reward_id: uuid.UUID) -> Problem:
     return Problem(404, "reward-not-found", "Reward not found", f"No reward {reward_id}.")
 
@@ -211,7 +200,7 @@ def routes() -> APIRouter:
                 points=body.points,
                 amount_minor=body.amount_minor,
                 currency=body.currency,
-                store_id=_store(body.store_id, principal.store_id),
+                store_id=principal.store_for(body.store_id),
                 order_ref=body.order_ref,
                 now=datetime.now(UTC),
             )

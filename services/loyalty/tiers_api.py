@@ -18,7 +18,7 @@ from services.loyalty.models import SCHEMA, members, stamp_card_definitions
 from services.loyalty.models import tiers as tiers_table
 from shared.auth import AdminAuth, ReadAuth
 from shared.http.app import session_dependency
-from shared.http.problems import Problem
+from shared.http.problems import Problem, validation_problem
 
 Session = Annotated[AsyncSession, session_dependency(SCHEMA)]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
@@ -92,27 +92,19 @@ class StampCardOut(BaseModel):
     voucher_valid_until: datetime | None
 
 
-def _invalid(field: str, message: str) -> Problem:
-    return Problem(
-        422,
-        "validation-error",
-        "Validation error",
-        f"The request is not valid: {field}.",
-        errors=[{"field": field, "message": message, "type": "value_error"}],
-    )
-
-
 def _check_ladder(body: TierIn, others: list[tiers.Tier]) -> None:
     """Unique ranks; within a basis, thresholds strictly increase with rank."""
     for other in others:
         if other.rank == body.rank:
-            raise _invalid("body.rank", f"rank {body.rank} is already tier {other.name!r}'s")
+            raise validation_problem(
+                "body.rank", f"rank {body.rank} is already tier {other.name!r}'s"
+            )
         if other.basis != body.basis:
             continue
         lower_but_not_less = other.rank < body.rank and other.threshold >= body.threshold
         higher_but_not_more = other.rank > body.rank and other.threshold <= body.threshold
         if lower_but_not_less or higher_but_not_more:
-            raise _invalid(
+            raise validation_problem(
                 "body.threshold",
                 f"thresholds must increase with rank: {other.name!r} (rank {other.rank}) "
                 f"has {other.threshold}",

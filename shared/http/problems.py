@@ -43,6 +43,21 @@ class Problem(Exception):
         self.extensions = extensions
 
 
+def validation_problem(field: str, message: str) -> Problem:
+    """422 naming the field at fault, shaped like the framework's own validation errors.
+
+    For rules pydantic cannot see (a uniqueness, a value read from the database), so that
+    clients read every validation failure the same way.
+    """
+    return Problem(
+        422,
+        "validation-error",
+        "Validation error",
+        f"The request is not valid: {field}.",
+        errors=[{"field": field, "message": message, "type": "value_error"}],
+    )
+
+
 def problem_response(
     status: int,
     kind: str,
