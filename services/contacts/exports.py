@@ -18,27 +18,14 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.contacts import import_rows
 from services.contacts.models import Consent, Contact
 from services.contacts.repository import ContactFilter, filtered
 from shared.events.contacts import Channel
 
 CHANNELS: tuple[str, ...] = Channel.__args__  # type: ignore[attr-defined]
-BASE_COLUMNS = (
-    "id",
-    "given_name",
-    "family_name",
-    "email",
-    "phone",
-    "card_number",
-    "birthday",
-    "locale",
-    "time_zone",
-    "tags",
-    "store_id",
-    "signup_source",
-    "created_at",
-    "updated_at",
-)
+# The importable columns in the import's own order, so that an export imports back as is.
+BASE_COLUMNS = ("id", *import_rows.FIELDS, "signup_source", "created_at", "updated_at")
 PAGE_SIZE = 2000
 # Spreadsheets run a cell that starts with = + - @ as a formula; such cells get a leading
 # apostrophe (the import removes it). Numbers, like +60123456789, are left alone.

@@ -25,21 +25,9 @@ _STATE_COLUMNS = (
     "id, status, given_name, family_name, email, phone, card_number, birthday_month, "
     "birthday_day, birthday_year, locale, time_zone, tags, attributes, signup_store"
 )
+# An update rewrites every profile column but the ones fixed at signup.
 _CHANGED_COLUMNS = [
-    "id",
-    "given_name",
-    "family_name",
-    "email",
-    "phone",
-    "card_number",
-    "birthday_month",
-    "birthday_day",
-    "birthday_year",
-    "locale",
-    "time_zone",
-    "tags",
-    "attributes",
-    "updated_at",
+    c for c in CONTACT_COLUMNS if c not in ("signup_source", "signup_store", "created_at")
 ]
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import phonenumbers
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import AwareDatetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -45,21 +45,12 @@ from services.loyalty.schemas import (
 from shared.auth import AdminAuth, PosAuth, ReadAuth
 from shared.events.loyalty import PointsAdjusted
 from shared.events.purchases import PurchaseCompleted, PurchaseLine, PurchaseRefunded
-from shared.http.app import session_dependency
+from shared.http.app import AppSettings, session_dependency
 from shared.http.problems import Problem, validation_problem
 from shared.pipeline.outbox import add_event
-from shared.settings import Settings
 
 Session = Annotated[AsyncSession, session_dependency(SCHEMA)]
 EXPIRING_WINDOW = timedelta(days=30)
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-AppSettings = Annotated[Settings, Depends(_settings)]
 
 
 async def _resolve(session: AsyncSession, ref: CustomerRef, region: str) -> uuid.UUID:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
@@ -151,6 +151,15 @@ def _service_health_router(runtime: Runtime, service: ServiceDefinition) -> APIR
         return await _ready(runtime, [service.name])
 
     return router
+
+
+def _app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+AppSettings = Annotated[Settings, Depends(_app_settings)]
+"""The settings the app was built with, for routes that depend on configuration."""
 
 
 def session_dependency(service: str) -> Any:
