@@ -19,7 +19,7 @@ from services.contacts.consents import ConsentChange, decide
 from shared.auth import Scope, issue_token
 from shared.events.contacts import ConsentStatus
 from shared.settings import Settings
-from tests.services.contacts.conftest import SECRET
+from tests.support.auth import SECRET
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 

@@ -37,7 +37,7 @@ from shared.events.envelope import EventEnvelope
 from shared.http.app import create_app
 from shared.settings import Settings
 from tests.http.app import client_for
-from tests.services.contacts.conftest import SECRET, auth
+from tests.support.auth import SECRET, auth
 
 CSV_HEADERS = {"Content-Type": "text/csv"}
 

@@ -3,40 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.contacts.merging import ConsentState, merged_values, winning_consents
 from services.contacts.models import Consent, ConsentRecord
-from shared.db.engine import create_engine, session_factory
+from tests.services.contacts.helpers import add_consent, events, sign_up
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def sessions(
-    client: httpx.AsyncClient, database_url: str
-) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    """Direct access to the service's database (migrated by the `client` app's start)."""
-    engine = create_engine(database_url, pool_size=2)
-    try:
-        yield session_factory(engine)
-    finally:
-        await engine.dispose()
-
-
-async def sign_up(client: httpx.AsyncClient, headers: dict[str, str], **fields: Any) -> str:
-    response = await client.post("/v1/contacts", json=fields, headers=headers)
-    assert response.status_code == 201, response.text
-    return str(response.json()["id"])
 
 
 async def merge(
@@ -45,38 +25,6 @@ async def merge(
     return await client.post(
         f"/v1/contacts/{survivor}/merge", json={"duplicate_id": duplicate}, headers=headers
     )
-
-
-async def add_consent(
-    client: httpx.AsyncClient,
-    headers: dict[str, str],
-    contact_id: str,
-    channel: str,
-    status: str,
-    changed_at: datetime,
-    proof: str | None = None,
-) -> None:
-    """A consent statement, through the consents API."""
-    response = await client.put(
-        f"/v1/contacts/{contact_id}/consents/{channel}",
-        json={
-            "status": status,
-            "source": "web",
-            "proof": proof,
-            "changed_at": changed_at.isoformat(),
-        },
-        headers=headers,
-    )
-    assert response.status_code == 200, response.text
-
-
-async def events(sessions: async_sessionmaker[AsyncSession]) -> list[tuple[str, str, Any]]:
-    """(type, subject, data) of every event in the contacts outbox, in outbox order."""
-    async with sessions() as session:
-        rows = await session.execute(
-            text("SELECT event_type, key, payload FROM contacts.outbox ORDER BY id")
-        )
-        return [(t, k, json.loads(p)["data"]) for t, k, p in rows]
 
 
 # The rules, on plain data.

@@ -4,32 +4,18 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
-import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.loyalty import expiry, ledger
 from services.loyalty.models import ledger as ledger_table
 from services.loyalty.models import lots
-from shared.db.engine import create_engine, session_factory
 from shared.settings import Settings
 
 T = datetime(2027, 3, 10, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def sessions(
-    client: httpx.AsyncClient, database_url: str
-) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    """Sessions on the database the app (`client`) has migrated."""
-    engine = create_engine(database_url)
-    yield session_factory(engine)
-    await engine.dispose()
 
 
 async def earn(

@@ -10,7 +10,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.auth import Scope
 from shared.settings import Settings
-from tests.services.loyalty.conftest import auth
 from tests.services.loyalty.test_rewards_api import (
     REDEMPTIONS,
     engine,
@@ -18,6 +17,7 @@ from tests.services.loyalty.test_rewards_api import (
     new_reward,
     sql,
 )
+from tests.support.auth import auth
 
 __all__ = ["engine"]  # the fixture, used below
 

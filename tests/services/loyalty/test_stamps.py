@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.loyalty import stamps
 from services.loyalty.models import purchases
-from shared.db.engine import create_engine, session_factory
 from shared.events.purchases import PurchaseCompleted, PurchaseLine
-
-
-@pytest.fixture
-async def sessions(
-    client: httpx.AsyncClient, database_url: str
-) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    """Sessions on the database the app (`client`) has migrated."""
-    engine = create_engine(database_url)
-    yield session_factory(engine)
-    await engine.dispose()
 
 
 async def define(client: httpx.AsyncClient, headers: dict[str, str], **body: Any) -> str:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -19,17 +17,6 @@ from services.loyalty.dates import add_months
 from services.loyalty.earning import Line, PurchaseFacts, points_for
 from services.loyalty.models import members, tier_changes
 from services.loyalty.purchases import DEFAULT_RULES
-from shared.db.engine import create_engine, session_factory
-
-
-@pytest.fixture
-async def sessions(
-    client: httpx.AsyncClient, database_url: str
-) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    """Sessions on the database the app (`client`) has migrated."""
-    engine = create_engine(database_url)
-    yield session_factory(engine)
-    await engine.dispose()
 
 
 async def define(
