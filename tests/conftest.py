@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
-from shared.db.embedded import EmbeddedServer, asyncpg_url
+from shared.db.embedded import EmbeddedServer
 from tests.support.broker import Broker, BrokerUnavailable, start_broker
+from tests.support.database import fresh_database
 
 
 @pytest.fixture(scope="session")
@@ -35,19 +34,8 @@ def postgres_server() -> Iterator[str]:
 @pytest.fixture
 async def database_url(postgres_server: str) -> AsyncIterator[str]:
     """A new, empty database for one test, dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    socket_dir = postgres_server.split("host=")[1]
-    admin = await asyncpg.connect(host=socket_dir, user="postgres", database="postgres")
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield asyncpg_url(postgres_server, name)
-    admin = await asyncpg.connect(host=socket_dir, user="postgres", database="postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with fresh_database(postgres_server) as url:
+        yield url
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@
 * contacts' events keep the member projection (card, phone, email) that the till's
   purchase resolves customers by, with no call to contacts on the hot path;
 * `purchase.completed` / `purchase.refunded` on `crm.purchases`, from our own HTTP path
-  or from outside systems, are applied alike (idempotently);
+  or from outside systems, are applied alike (idempotently); purchases a run at a time
+  (`purchase_batch`), with the outcome of `purchases.record_purchase` one by one;
 * `referral.rewarded` / `referral.reversed` credit and take back referral bonuses, keyed
   by the reward id so a repeat changes nothing;
 * `customer.merged` folds the duplicate's points history into the survivor (`merging`).
@@ -19,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.loyalty import ledger, merging, purchases
+from services.loyalty import ledger, merging, purchase_batch, purchases
 from services.loyalty.models import SCHEMA, members
 from shared.events.contacts import (
     CustomerErased,
@@ -200,23 +201,6 @@ async def apply_merge(session: AsyncSession, event: CustomerMerged, _: EventEnve
         )
 
 
-def purchase_applier(policy: purchases.Policy) -> Handler:
-    """The handler of `purchase.completed` under the deployment's policy."""
-
-    async def apply_purchase(
-        session: AsyncSession, event: PurchaseCompleted, envelope: EventEnvelope
-    ) -> None:
-        """Credit a purchase from `crm.purchases` (already-recorded ones change nothing)."""
-        survivor_id = await merging.survivor_of(session, event.customer_id)
-        if survivor_id != event.customer_id:
-            event = event.model_copy(update={"customer_id": survivor_id})
-        await purchases.record_purchase(
-            session, event, policy, origin=f"event:{envelope.source}", now=datetime.now(UTC)
-        )
-
-    return apply_purchase
-
-
 async def apply_refund(session: AsyncSession, event: PurchaseRefunded, _: EventEnvelope) -> None:
     """Take back a refunded share; a refund of an unknown purchase is a handler failure."""
     await purchases.record_refund(session, event, now=datetime.now(UTC))
@@ -237,7 +221,7 @@ def handlers(settings: Settings) -> dict[type[Event], Handler]:
         CustomerSignedUp: remember_profile,
         CustomerUpdated: remember_profile,
         CustomerErased: forget_profile,
-        PurchaseCompleted: purchase_applier(policy_from(settings)),
+        PurchaseCompleted: purchase_batch.batch_applier(policy_from(settings)),
         PurchaseRefunded: apply_refund,
         ReferralRewarded: apply_referral_reward,
         ReferralReversed: apply_referral_reversal,

@@ -97,7 +97,7 @@ _LADDER_MEMO = "purchases.ladder"
 _DEFINITIONS_MEMO = "purchases.stamp_definitions"
 
 
-async def _earning_rules_at(
+async def earning_rules_at(
     session: AsyncSession, memo: dict[str, Any], moment: datetime
 ) -> tuple[int | None, EarningRules]:
     """`rules_at` with the tier multipliers applied, memoised for the transaction."""
@@ -116,12 +116,13 @@ async def _earning_rules_at(
                 next(row.rules for row in versions if row.version == version)
             )
         )
-        rules = await tiers.with_tier_multipliers(session, base, await _ladder(session, memo))
+        rules = await tiers.with_tier_multipliers(session, base, await tier_ladder(session, memo))
         earning[version] = rules
     return version, rules
 
 
-async def _ladder(session: AsyncSession, memo: dict[str, Any]) -> list[tiers.Tier]:
+async def tier_ladder(session: AsyncSession, memo: dict[str, Any]) -> list[tiers.Tier]:
+    """The tier ladder, read once per transaction."""
     rungs: list[tiers.Tier] | None = memo.get(_LADDER_MEMO)
     if rungs is None:
         rungs = await tiers.ladder(session)
@@ -129,7 +130,8 @@ async def _ladder(session: AsyncSession, memo: dict[str, Any]) -> list[tiers.Tie
     return rungs
 
 
-async def _stamp_definitions(session: AsyncSession, memo: dict[str, Any]) -> Sequence[Any]:
+async def stamp_definitions(session: AsyncSession, memo: dict[str, Any]) -> Sequence[Any]:
+    """The active stamp card definitions, read once per transaction."""
     definitions: Sequence[Any] | None = memo.get(_DEFINITIONS_MEMO)
     if definitions is None:
         definitions = await stamps.active_definitions(session)
@@ -137,18 +139,87 @@ async def _stamp_definitions(session: AsyncSession, memo: dict[str, Any]) -> Seq
     return definitions
 
 
+def local_day(moment: datetime, zone: str) -> tuple[datetime, datetime]:
+    """The start and end of the day `moment` falls on in `zone` (the per-day cap's day)."""
+    start = moment.astimezone(ZoneInfo(zone)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return start, start + timedelta(days=1)
+
+
 async def _earned_on_local_day(
     session: AsyncSession, customer_id: uuid.UUID, moment: datetime, zone: str
 ) -> int:
-    local = moment.astimezone(ZoneInfo(zone))
-    start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    start, end = local_day(moment, zone)
     total = (
         await session.execute(
-            _EARNED_BETWEEN,
-            {"customer_id": customer_id, "start": start, "end": start + timedelta(days=1)},
+            _EARNED_BETWEEN, {"customer_id": customer_id, "start": start, "end": end}
         )
     ).scalar_one()
     return int(total)
+
+
+def facts_of(purchase: PurchaseCompleted) -> PurchaseFacts:
+    """What the earning rules look at in a purchase (already validated: not again)."""
+    return PurchaseFacts.model_construct(
+        currency=purchase.currency,
+        total_minor=purchase.total_minor,
+        lines=[Line.model_construct(**dict(line)) for line in purchase.lines],
+        purchased_at=purchase.purchased_at,
+        store_id=purchase.store_id,
+    )
+
+
+def purchase_row(
+    purchase: PurchaseCompleted, points: int, version: int | None, origin: str, now: datetime
+) -> dict[str, Any]:
+    """The `purchases` row that records `purchase`."""
+    return {
+        "id": purchase.purchase_id,
+        "customer_id": purchase.customer_id,
+        "store_id": purchase.store_id or "",
+        "order_id": purchase.order_id,
+        "currency": purchase.currency,
+        "total_minor": purchase.total_minor,
+        "refunded_minor": 0,
+        "lines": [line.model_dump(mode="json") for line in purchase.lines],
+        "channel": purchase.channel,
+        "purchased_at": purchase.purchased_at,
+        "points": points,
+        "points_reversed": 0,
+        "rule_version": version,
+        "origin": origin,
+        "created_at": now,
+    }
+
+
+def earn_timing(purchase: PurchaseCompleted, policy: Policy) -> tuple[datetime, datetime | None]:
+    """When a purchase's points become available (after the return window), and expire."""
+    available_at = purchase.purchased_at + policy.return_window
+    expires_at = (
+        expiry.expiry_for(purchase.purchased_at, policy.expiry_months, policy.expiry_at_period_end)
+        if policy.expiry_months
+        else None
+    )
+    return available_at, expires_at
+
+
+def points_earned(
+    purchase: PurchaseCompleted,
+    points: int,
+    timing: tuple[datetime, datetime | None],
+    balance: int,
+    now: datetime,
+) -> PointsEarned:
+    """The `points.earned` event of a recorded purchase."""
+    return PointsEarned(
+        customer_id=purchase.customer_id,
+        points=points,
+        reason="purchase",
+        purchase_id=purchase.purchase_id,
+        available_at=timing[0],
+        expires_at=timing[1],
+        balance=balance,
+        earned_at=now,
+    )
 
 
 async def record_purchase(
@@ -166,38 +237,18 @@ async def record_purchase(
     """
     member = await ledger.lock_member(session, purchase.customer_id, now)
     memo = txcache.memo(session)
-    version, rules = await _earning_rules_at(session, memo, purchase.purchased_at)
-    facts = PurchaseFacts(
-        currency=purchase.currency,
-        total_minor=purchase.total_minor,
-        lines=[Line(**line.model_dump()) for line in purchase.lines],
-        purchased_at=purchase.purchased_at,
-        store_id=purchase.store_id,
+    version, rules = await earning_rules_at(session, memo, purchase.purchased_at)
+    earned_today = (
+        await _earned_on_local_day(
+            session, purchase.customer_id, purchase.purchased_at, rules.time_zone
+        )
+        if rules.per_day_cap is not None
+        else 0
     )
-    earned_today = await _earned_on_local_day(
-        session, purchase.customer_id, purchase.purchased_at, rules.time_zone
-    )
-    points = points_for(facts, rules, tier=member.tier, earned_today=earned_today)
+    points = points_for(facts_of(purchase), rules, tier=member.tier, earned_today=earned_today)
     inserted = (
         await session.execute(
-            _INSERT_PURCHASE,
-            {
-                "id": purchase.purchase_id,
-                "customer_id": purchase.customer_id,
-                "store_id": purchase.store_id or "",
-                "order_id": purchase.order_id,
-                "currency": purchase.currency,
-                "total_minor": purchase.total_minor,
-                "refunded_minor": 0,
-                "lines": [line.model_dump(mode="json") for line in purchase.lines],
-                "channel": purchase.channel,
-                "purchased_at": purchase.purchased_at,
-                "points": points,
-                "points_reversed": 0,
-                "rule_version": version,
-                "origin": origin,
-                "created_at": now,
-            },
+            _INSERT_PURCHASE, purchase_row(purchase, points, version, origin, now)
         )
     ).scalar_one_or_none()
     if inserted is None:
@@ -219,48 +270,36 @@ async def record_purchase(
         )
         return Recorded(existing.id, existing.customer_id, int(existing.points), False, balance)
 
-    available_at = purchase.purchased_at + policy.return_window
-    expires_at = (
-        expiry.expiry_for(purchase.purchased_at, policy.expiry_months, policy.expiry_at_period_end)
-        if policy.expiry_months
-        else None
-    )
+    timing = earn_timing(purchase, policy)
     entry = await ledger.credit(
         session,
         purchase.customer_id,
         kind="earn",
         points=points,
-        reference=f"purchase:{purchase.purchase_id}",
+        reference=earn_reference(purchase.purchase_id),
         now=now,
-        available_at=available_at,
-        expires_at=expires_at,
+        available_at=timing[0],
+        expires_at=timing[1],
         debt=int(member.debt),
     )
     await stamps.stamp_purchase(
-        session, purchase, now, locked=True, definitions=await _stamp_definitions(session, memo)
+        session, purchase, now, locked=True, definitions=await stamp_definitions(session, memo)
     )
     await tiers.reevaluate(
-        session, purchase.customer_id, now, member=member, rungs=await _ladder(session, memo)
+        session, purchase.customer_id, now, member=member, rungs=await tier_ladder(session, memo)
     )
     # Only the credit changed the (locked) balance since the member was read.
     balance = int(member.balance) + (points if entry is not None else 0)
     if points:
         await add_event(
-            session,
-            SCHEMA,
-            PointsEarned(
-                customer_id=purchase.customer_id,
-                points=points,
-                reason="purchase",
-                purchase_id=purchase.purchase_id,
-                available_at=available_at,
-                expires_at=expires_at,
-                balance=balance,
-                earned_at=now,
-            ),
-            source=SOURCE,
+            session, SCHEMA, points_earned(purchase, points, timing, balance, now), source=SOURCE
         )
     return Recorded(purchase.purchase_id, purchase.customer_id, points, True, balance)
+
+
+def earn_reference(purchase_id: uuid.UUID) -> str:
+    """The reference of a purchase's earn entry (a refund finds its lot by it)."""
+    return f"purchase:{purchase_id}"
 
 
 async def _balance(session: AsyncSession, customer_id: uuid.UUID) -> int:
@@ -292,7 +331,7 @@ async def record_refund(
     due = refund_share(
         int(purchase.points), int(purchase.total_minor), refunded, int(purchase.points_reversed)
     )
-    earn_entry = await ledger.entry_by_reference(session, "earn", f"purchase:{purchase.id}")
+    earn_entry = await ledger.entry_by_reference(session, "earn", earn_reference(purchase.id))
     first_lots = await ledger.lots_of_entry(session, earn_entry) if earn_entry else []
     await ledger.debit(
         session,

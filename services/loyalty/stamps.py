@@ -37,9 +37,10 @@ from services.loyalty.models import (
     stamp_cards,
     stamp_entries,
 )
+from shared.events.envelope import Event
 from shared.events.loyalty import RewardIssued, StampCardCompleted
 from shared.events.purchases import PurchaseCompleted
-from shared.pipeline.outbox import add_event
+from shared.pipeline.outbox import add_events
 
 SOURCE = "loyalty"
 _VOUCHER_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read out at tills
@@ -100,6 +101,28 @@ async def _open_card(
     ).one()
 
 
+def completion_events(
+    card_id: uuid.UUID, customer_id: uuid.UUID, definition: Any, code: str, now: datetime
+) -> list[Event]:
+    """`stamp_card.completed` and the `reward.issued` of its voucher."""
+    return [
+        StampCardCompleted(
+            customer_id=customer_id,
+            card_id=card_id,
+            definition_id=definition.id,
+            voucher_code=code,
+            completed_at=now,
+        ),
+        RewardIssued(
+            customer_id=customer_id,
+            voucher_code=code,
+            description=definition.reward_description,
+            valid_until=now + timedelta(days=int(definition.voucher_valid_days)),
+            issued_at=now,
+        ),
+    ]
+
+
 async def _complete(
     session: AsyncSession,
     card_id: uuid.UUID,
@@ -113,28 +136,10 @@ async def _complete(
         .where(stamp_cards.c.id == card_id)
         .values(completed_at=now, voucher_code=code)
     )
-    await add_event(
+    await add_events(
         session,
         SCHEMA,
-        StampCardCompleted(
-            customer_id=customer_id,
-            card_id=card_id,
-            definition_id=definition.id,
-            voucher_code=code,
-            completed_at=now,
-        ),
-        source=SOURCE,
-    )
-    await add_event(
-        session,
-        SCHEMA,
-        RewardIssued(
-            customer_id=customer_id,
-            voucher_code=code,
-            description=definition.reward_description,
-            valid_until=now + timedelta(days=int(definition.voucher_valid_days)),
-            issued_at=now,
-        ),
+        completion_events(card_id, customer_id, definition, code, now),
         source=SOURCE,
     )
     return code

@@ -23,7 +23,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, insert, select, update
+from sqlalchemy import Select, Uuid, any_, bindparam, func, insert, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.loyalty import ledger
@@ -93,12 +94,17 @@ def rank_of(ladder: list[Tier], name: str | None) -> int | None:
     return next((t.rank for t in ladder if t.name == name), None)
 
 
-_MEASURE_STATEMENTS: dict[tuple[tuple[str, int], ...], Select[tuple[Any, ...]]] = {}
+_MEASURE_STATEMENTS: dict[tuple[tuple[tuple[str, int], ...], bool], Select[tuple[Any, ...]]] = {}
 
 
-def _measure_statement(pairs: tuple[tuple[str, int], ...]) -> Select[tuple[Any, ...]]:
-    """One SELECT summing every (basis, window) over its own window (built once)."""
-    statement = _MEASURE_STATEMENTS.get(pairs)
+def _measure_statement(
+    pairs: tuple[tuple[str, int], ...], *, many: bool = False
+) -> Select[tuple[Any, ...]]:
+    """One SELECT summing every (basis, window) over its own window (built once).
+
+    `many`: for the customers of the array `customer_ids`, one row each, led by the id.
+    """
+    statement = _MEASURE_STATEMENTS.get((pairs, many))
     if statement is None:
         columns = []
         for index, (basis, _) in enumerate(pairs):
@@ -111,27 +117,87 @@ def _measure_statement(pairs: tuple[tuple[str, int], ...]) -> Select[tuple[Any, 
             columns.append(
                 func.coalesce(func.sum(amount).filter(purchases.c.purchased_at > since), 0)
             )
-        statement = select(*columns).where(
-            purchases.c.customer_id == bindparam("customer_id"),
+        window = (
             purchases.c.purchased_at > bindparam("since", type_=purchases.c.purchased_at.type),
             purchases.c.purchased_at <= bindparam("now", type_=purchases.c.purchased_at.type),
         )
-        _MEASURE_STATEMENTS[pairs] = statement
+        if many:
+            ids = bindparam("customer_ids", type_=ARRAY(Uuid()))
+            statement = (
+                select(purchases.c.customer_id, *columns)
+                .where(purchases.c.customer_id == any_(ids), *window)
+                .group_by(purchases.c.customer_id)
+            )
+        else:
+            statement = select(*columns).where(
+                purchases.c.customer_id == bindparam("customer_id"), *window
+            )
+        _MEASURE_STATEMENTS[(pairs, many)] = statement
     return statement
+
+
+def _measure_params(
+    ladder: list[Tier], now: datetime
+) -> tuple[tuple[tuple[str, int], ...], dict[str, Any]]:
+    pairs = tuple(sorted({(t.basis, t.window_days) for t in ladder}))
+    starts = [now - timedelta(days=window_days) for _, window_days in pairs]
+    params: dict[str, Any] = {"since": min(starts, default=now), "now": now}
+    params.update({f"since_{index}": start for index, start in enumerate(starts)})
+    return pairs, params
 
 
 async def measures_of(
     session: AsyncSession, customer_id: uuid.UUID, ladder: list[Tier], now: datetime
 ) -> dict[tuple[str, int], int]:
     """Spend and points per (basis, window_days) the ladder needs, over (now - window, now]."""
-    pairs = tuple(sorted({(t.basis, t.window_days) for t in ladder}))
+    pairs, params = _measure_params(ladder, now)
     if not pairs:
         return {}
-    starts = [now - timedelta(days=window_days) for _, window_days in pairs]
-    params: dict[str, Any] = {"customer_id": customer_id, "since": min(starts), "now": now}
-    params.update({f"since_{index}": start for index, start in enumerate(starts)})
-    totals = (await session.execute(_measure_statement(pairs), params)).one()
+    totals = (
+        await session.execute(_measure_statement(pairs), {"customer_id": customer_id, **params})
+    ).one()
     return {pair: int(total) for pair, total in zip(pairs, totals, strict=True)}
+
+
+async def measures_of_many(
+    session: AsyncSession, customer_ids: list[uuid.UUID], ladder: list[Tier], now: datetime
+) -> dict[uuid.UUID, dict[tuple[str, int], int]]:
+    """`measures_of` for many customers in one statement."""
+    pairs, params = _measure_params(ladder, now)
+    measures: dict[uuid.UUID, dict[tuple[str, int], int]] = {
+        customer_id: dict.fromkeys(pairs, 0) for customer_id in customer_ids
+    }
+    if not pairs or not customer_ids:
+        return measures
+    rows = await session.execute(
+        _measure_statement(pairs, many=True), {"customer_ids": customer_ids, **params}
+    )
+    for customer_id, *totals in rows:
+        measures[customer_id] = {
+            pair: int(total) for pair, total in zip(pairs, totals, strict=True)
+        }
+    return measures
+
+
+def upgrade_for(
+    ladder: list[Tier], current: str | None, measures: dict[tuple[str, int], int]
+) -> Tier | None:
+    """The tier a member holding `current` moves up to at once, if any."""
+    best = best_tier(ladder, measures)
+    rank = rank_of(ladder, current)
+    if best is None or (rank is not None and best.rank <= rank):
+        return None
+    return best
+
+
+def tier_values(new: Tier | None, now: datetime) -> dict[str, Any]:
+    """The member columns a change to `new` sets."""
+    return {
+        "tier": None if new is None else new.name,
+        "tier_since": None if new is None else now,
+        "tier_review_at": None if new is None else add_months(now, REVIEW_PERIOD_MONTHS),
+        "updated_at": now,
+    }
 
 
 async def _change(
@@ -144,14 +210,7 @@ async def _change(
     now: datetime,
 ) -> Change:
     await session.execute(
-        update(members)
-        .where(members.c.customer_id == customer_id)
-        .values(
-            tier=None if new is None else new.name,
-            tier_since=None if new is None else now,
-            tier_review_at=None if new is None else add_months(now, REVIEW_PERIOD_MONTHS),
-            updated_at=now,
-        )
+        update(members).where(members.c.customer_id == customer_id).values(tier_values(new, now))
     )
     name = None if new is None else new.name
     await session.execute(
@@ -197,9 +256,8 @@ async def reevaluate(
         rungs = await ladder(session)
     if not rungs:
         return None
-    best = best_tier(rungs, await measures_of(session, customer_id, rungs, now))
-    current = rank_of(rungs, member.tier)
-    if best is None or (current is not None and best.rank <= current):
+    best = upgrade_for(rungs, member.tier, await measures_of(session, customer_id, rungs, now))
+    if best is None:
         return None
     return await _change(session, customer_id, member.tier, best, "up", "qualified", now)
 

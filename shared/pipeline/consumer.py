@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from typing import Any
 
 import structlog
@@ -74,19 +74,25 @@ class ConsumerGroup:
         """The topics the handled event types are published on."""
         return sorted({model.topic for model in self.handlers})
 
+    @cached_property
+    def _routes(self) -> dict[tuple[str, int], tuple[type[Event], Handler]]:
+        """(type, version) -> (model, handler): every record is routed, so look up once."""
+        return {
+            (model.event_type, model.schema_version): (model, handler)
+            for model, handler in self.handlers.items()
+        }
+
+    @cached_property
+    def _types(self) -> frozenset[str]:
+        return frozenset(model.event_type for model in self.handlers)
+
     def handler_for(self, envelope: EventEnvelope) -> tuple[type[Event], Handler] | None:
         """The model and handler for this type and version, if the group handles it."""
-        for model, handler in self.handlers.items():
-            if (
-                model.event_type == envelope.type
-                and model.schema_version == envelope.schema_version
-            ):
-                return model, handler
-        return None
+        return self._routes.get((envelope.type, envelope.schema_version))
 
     def handles_type(self, event_type: str) -> bool:
         """True when some version of `event_type` has a handler here."""
-        return any(model.event_type == event_type for model in self.handlers)
+        return event_type in self._types
 
 
 class _HandlerFailed(Exception):
