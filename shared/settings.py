@@ -127,6 +127,35 @@ class Settings(BaseSettings):
         default=False, description="Round each lot's expiry up to the end of its month."
     )
 
+    referrals_share_link_template: str = Field(
+        default="https://example.com/join?ref={code}",
+        description="The share link of a referral code; `{code}` is replaced by the code.",
+    )
+    referrals_code_grace_days: int = Field(
+        default=90, ge=0, le=3650, description="A replaced code keeps working this long."
+    )
+    referrals_late_attribution_days: int = Field(
+        default=14,
+        ge=0,
+        le=365,
+        description="A code given after signup (at the till) counts this long after it.",
+    )
+    referrals_return_window_days: int = Field(
+        default=14,
+        ge=0,
+        le=365,
+        description="A refund this soon after the qualifying purchase can cancel the rewards.",
+    )
+    referrals_velocity_limit: int = Field(
+        default=10, ge=1, description="More referrals than this by one referrer within..."
+    )
+    referrals_velocity_window_hours: int = Field(
+        default=24, ge=1, le=720, description="...this many hours are held for review."
+    )
+    referrals_time_zone: str = Field(
+        default="Asia/Kuala_Lumpur", description="The business's zone: monthly caps' months."
+    )
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = "INFO"

@@ -1,7 +1,7 @@
 """Events the referrals service publishes on `crm.referrals`.
 
 Loyalty turns `referral.rewarded` into bonus entries and `referral.reversed` into their
-reversal; the referrals service (its own issue) adds the rest of its types here.
+reversal; messaging and reporting listen to the rest.
 """
 
 from __future__ import annotations
@@ -16,6 +16,20 @@ from shared.events.envelope import Event
 from shared.events.registry import EVENTS
 
 TOPIC = "crm.referrals"
+
+
+@EVENTS.register
+class ReferralQualified(Event):
+    """The referee's first purchase met the programme's minimum in time."""
+
+    event_type: ClassVar[str] = "referral.qualified"
+    topic: ClassVar[str] = TOPIC
+
+    referral_id: uuid.UUID
+    referrer_id: uuid.UUID
+    referee_id: uuid.UUID
+    purchase_id: uuid.UUID
+    qualified_at: datetime
 
 
 @EVENTS.register
