@@ -3,10 +3,12 @@
 from pathlib import Path
 
 from services.referrals.api import routes
+from services.referrals.handlers import handlers
 from shared.service import ServiceDefinition
 
 SERVICE = ServiceDefinition(
     name="referrals",
     routes=routes,
     migrations=Path(__file__).parent / "migrations",
+    handler_factory=handlers,
 )
