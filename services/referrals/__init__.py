@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
+from services.referrals import qualification
 from services.referrals.api import routes
 from services.referrals.handlers import handlers
+from shared.jobs import ScheduledJob
 from shared.service import ServiceDefinition
 
 SERVICE = ServiceDefinition(
@@ -11,4 +13,5 @@ SERVICE = ServiceDefinition(
     routes=routes,
     migrations=Path(__file__).parent / "migrations",
     handler_factory=handlers,
+    jobs=(ScheduledJob("expire-referrals", 3600, qualification.expire_overdue),),
 )

@@ -22,8 +22,11 @@ def routes() -> APIRouter:
         attributions_api,
         programmes_api,
         insight_api,
-        review_api,
         export_api,
     ):
         router.include_router(module.routes())
+    # Last, and straight onto this router: the list is served at the prefix itself (an
+    # empty path cannot be included without a prefix) and `/{referral_id:uuid}` only
+    # matches UUIDs, so it shadows none of the paths above.
+    review_api.install(router)
     return router

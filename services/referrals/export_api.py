@@ -1,10 +1,128 @@
-"""Routes of the referrals service: filled in by the module's owner."""
+"""GDPR export: everything referrals holds about one customer (for contacts' data export).
+
+Contacts' export calls `GET /v1/referrals/customers/{id}/export` with the caller's admin
+token when `CRM_CONTACTS_EXPORT_SERVICES` names referrals, and folds the answer into the
+file it hands the customer. The shape follows loyalty's part: rows as stored, one list
+per table, and customers merged into this one included (their history is its history).
+"""
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
 from fastapi import APIRouter
+from pydantic import BaseModel, Field
+from sqlalchemy import ColumnElement, Table, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.referrals.models import (
+    SCHEMA,
+    codes,
+    customers,
+    fingerprints,
+    purchases,
+    referrals,
+    refunds,
+    rewards,
+)
+from shared.auth import AdminAuth
+from shared.http.app import session_dependency
+
+Session = Annotated[AsyncSession, session_dependency(SCHEMA)]
+Rows = list[dict[str, Any]]
+MAX_MERGE_DEPTH = 16
+
+
+class CustomerExport(BaseModel):
+    """Every row referrals keeps about a customer, as stored (amounts in minor units)."""
+
+    customer_id: uuid.UUID
+    exported_at: datetime
+    customer: dict[str, Any] | None = Field(
+        description="The projection row (keys, tier, signup); null when never seen."
+    )
+    merged_customers: Rows = Field(description="Rows of duplicates merged into them.")
+    codes: Rows = Field(description="Their referral codes, current and replaced.")
+    referrals_as_referrer: Rows = Field(description="Friends they referred.")
+    referrals_as_referee: Rows = Field(description="Who referred them (at most one each).")
+    rewards: Rows = Field(description="Points they were given, and any reversal.")
+    fingerprints: Rows = Field(description="Device and payment fingerprints seen at signup.")
+    purchases: Rows = Field(description="Purchases kept to decide qualification.")
+    refunds: Rows
+
+
+async def _merged_into(session: AsyncSession, customer_id: uuid.UUID) -> list[uuid.UUID]:
+    """The ids of customers folded into `customer_id`, directly or through earlier merges."""
+    found: list[uuid.UUID] = []
+    frontier = [customer_id]
+    for _ in range(MAX_MERGE_DEPTH):
+        if not frontier:
+            break
+        rows = await session.execute(
+            select(customers.c.customer_id).where(customers.c.merged_into.in_(frontier))
+        )
+        frontier = [
+            uuid.UUID(str(row)) for row in rows.scalars() if row not in found and row != customer_id
+        ]
+        found.extend(frontier)
+    return found
+
+
+async def _rows(
+    session: AsyncSession, table: Table, where: ColumnElement[bool], *order: str
+) -> Rows:
+    result = await session.execute(
+        select(table).where(where).order_by(*(table.c[column] for column in order))
+    )
+    return [dict(row._mapping) for row in result]
 
 
 def routes() -> APIRouter:
-    """This module's routes."""
-    return APIRouter()
+    """The routes of this module."""
+    router = APIRouter(tags=["referrals"])
+
+    @router.get("/customers/{customer_id}/export")
+    async def export_customer(
+        customer_id: uuid.UUID, session: Session, _: AdminAuth
+    ) -> CustomerExport:
+        """Everything referrals holds about a customer (GDPR access request)."""
+        ids = [customer_id, *await _merged_into(session, customer_id)]
+        customer_rows = await _rows(
+            session, customers, customers.c.customer_id.in_(ids), "customer_id"
+        )
+        purchase_rows = await _rows(
+            session, purchases, purchases.c.customer_id.in_(ids), "purchased_at", "id"
+        )
+        purchase_ids = [p["id"] for p in purchase_rows]
+        return CustomerExport(
+            customer_id=customer_id,
+            exported_at=datetime.now(UTC),
+            customer=next((c for c in customer_rows if c["customer_id"] == customer_id), None),
+            merged_customers=[c for c in customer_rows if c["customer_id"] != customer_id],
+            codes=await _rows(session, codes, codes.c.customer_id.in_(ids), "created_at", "code"),
+            referrals_as_referrer=await _rows(
+                session, referrals, referrals.c.referrer_id.in_(ids), "attributed_at", "id"
+            ),
+            referrals_as_referee=await _rows(
+                session, referrals, referrals.c.referee_id.in_(ids), "attributed_at", "id"
+            ),
+            rewards=await _rows(
+                session, rewards, rewards.c.customer_id.in_(ids), "rewarded_at", "id"
+            ),
+            fingerprints=await _rows(
+                session,
+                fingerprints,
+                fingerprints.c.customer_id.in_(ids),
+                "seen_at",
+                "kind",
+                "value",
+            ),
+            purchases=purchase_rows,
+            refunds=await _rows(
+                session, refunds, refunds.c.purchase_id.in_(purchase_ids), "refunded_at", "id"
+            ),
+        )
+
+    return router

@@ -60,7 +60,9 @@ class Programme(BaseModel):
 
     @model_validator(mode="after")
     def _rewards_something(self) -> Programme:
-        if not (self.referrer_points or self.referee_points or self.referrer_points_by_tier):
+        # A tier table of zeros rewards nobody either, so its values count, not its keys.
+        tier_points = any(self.referrer_points_by_tier.values())
+        if not (self.referrer_points or self.referee_points or tier_points):
             raise ValueError("a programme must reward at least one side")
         return self
 
@@ -82,6 +84,8 @@ def new_code() -> str:
 
 def normalise_code(text: str) -> str | None:
     """The stored form of a code as typed (any case, spaces or dashes); None if malformed."""
+    if not text.isascii():  # "ß".upper() is "SS": only what the alphabet spells counts
+        return None
     code = _CODE_NOISE.sub("", text).upper()
     if len(code) != CODE_LENGTH or any(char not in CODE_ALPHABET for char in code):
         return None

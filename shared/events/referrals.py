@@ -24,6 +24,7 @@ class ReferralQualified(Event):
 
     event_type: ClassVar[str] = "referral.qualified"
     topic: ClassVar[str] = TOPIC
+    subject_field: ClassVar[str] = "referee_id"
 
     referral_id: uuid.UUID
     referrer_id: uuid.UUID
