@@ -156,6 +156,34 @@ class Settings(BaseSettings):
         default="Asia/Kuala_Lumpur", description="The business's zone: monthly caps' months."
     )
 
+    scoring_time_unit: Literal["days", "weeks"] = Field(
+        default="weeks", description="The unit the models are fitted and reported in."
+    )
+    scoring_time_zone: str = Field(
+        default="Asia/Kuala_Lumpur", description="Purchase days are counted in this zone."
+    )
+    scoring_horizon_days: int = Field(
+        default=365, ge=1, le=3650, description="The horizon of `clv` and expected purchases."
+    )
+    scoring_margin: float = Field(
+        default=0.3, gt=0, le=1, description="Share of spend that is profit, for CLV."
+    )
+    scoring_annual_discount_rate: float = Field(
+        default=0.1, ge=0, le=1, description="Discount rate of future cash flows in CLV."
+    )
+    scoring_churn_bands: dict[str, float] = Field(
+        default_factory=lambda: {"low": 0.0, "medium": 0.3, "high": 0.6},
+        description="Churn band names by their lowest churn risk (1 - P(alive)).",
+    )
+    scoring_refit_interval_seconds: int = Field(
+        default=86_400, ge=60, description="How often the models are refitted (daily)."
+    )
+    scoring_clv_change_threshold: float = Field(
+        default=0.1,
+        ge=0,
+        description="Relative CLV change that makes a `customer.scored` event worth sending.",
+    )
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = "INFO"

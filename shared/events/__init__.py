@@ -3,7 +3,7 @@
 Importing this package registers every product event type in `EVENTS`.
 """
 
-from shared.events import contacts, loyalty, platform, purchases, referrals
+from shared.events import contacts, loyalty, platform, purchases, referrals, scoring
 from shared.events.envelope import Event, EventEnvelope
 from shared.events.registry import EVENTS, EventRegistry, UnknownEventVersion
 
@@ -18,4 +18,5 @@ __all__ = [
     "platform",
     "purchases",
     "referrals",
+    "scoring",
 ]
