@@ -29,11 +29,11 @@ from services.loyalty.models import (
     tier_changes,
 )
 from shared.auth import AdminAuth
+from shared.db import merges
 from shared.http.app import session_dependency
 
 Session = Annotated[AsyncSession, session_dependency(SCHEMA)]
 Rows = list[dict[str, Any]]
-MAX_MERGE_DEPTH = 16
 
 
 class CustomerExport(BaseModel):
@@ -51,26 +51,6 @@ class CustomerExport(BaseModel):
     stamp_cards: Rows
     stamp_entries: Rows
     tier_changes: Rows
-
-
-async def _merged_into(session: AsyncSession, customer_id: uuid.UUID) -> list[uuid.UUID]:
-    """The ids of members folded into `customer_id`, directly or through earlier merges."""
-    found: list[uuid.UUID] = []
-    frontier = [customer_id]
-    for _ in range(MAX_MERGE_DEPTH):
-        if not frontier:
-            break
-        frontier = [
-            uuid.UUID(str(row))
-            for row in (
-                await session.execute(
-                    select(members.c.customer_id).where(members.c.merged_into.in_(frontier))
-                )
-            ).scalars()
-            if row not in found and row != customer_id
-        ]
-        found.extend(frontier)
-    return found
 
 
 async def _rows(
@@ -93,7 +73,7 @@ def routes() -> APIRouter:
         customer_id: uuid.UUID, session: Session, _: AdminAuth
     ) -> CustomerExport:
         """Everything loyalty holds about a customer (GDPR access request)."""
-        merged = await _merged_into(session, customer_id)
+        merged = await merges.merged_into(session, members, customer_id)
         ids = [customer_id, *merged]
         member_rows = await _rows(session, members, "customer_id", ids, "customer_id")
         member = next((m for m in member_rows if m["customer_id"] == customer_id), None)

@@ -35,9 +35,9 @@ from services.loyalty.models import (
     tier_changes,
     tiers,
 )
+from shared.db import merges
 
-MERGED = "merged"
-MAX_HOPS = 16
+MERGED = merges.MERGED
 
 
 @dataclass(frozen=True)
@@ -54,19 +54,7 @@ class MergeOutcome:
 
 async def survivor_of(session: AsyncSession, customer_id: uuid.UUID) -> uuid.UUID:
     """The member that now holds `customer_id`'s points (itself unless it was merged)."""
-    current = customer_id
-    for _ in range(MAX_HOPS):
-        target = (
-            await session.execute(
-                select(members.c.merged_into).where(
-                    members.c.customer_id == current, members.c.status == MERGED
-                )
-            )
-        ).scalar_one_or_none()
-        if target is None:
-            return current
-        current = uuid.UUID(str(target))
-    return current
+    return await merges.survivor_of(session, members, customer_id)
 
 
 async def _rank(session: AsyncSession, tier: str | None) -> int | None:

@@ -34,7 +34,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.loyalty import txcache
 from services.loyalty.earning import points_for
 from services.loyalty.ledger_batch import Credit, credit_many
-from services.loyalty.merging import MAX_HOPS, MERGED
 from services.loyalty.models import SCHEMA, members
 from services.loyalty.purchases import (
     SOURCE,
@@ -51,6 +50,7 @@ from services.loyalty.purchases import (
 )
 from services.loyalty.stamp_batch import stamp_wave
 from services.loyalty.tier_batch import upgrade_wave
+from shared.db.merges import MAX_HOPS, MERGED
 from shared.events.envelope import Event
 from shared.events.purchases import PurchaseCompleted
 from shared.pipeline.consumer import BatchHandler, Run

@@ -28,11 +28,11 @@ from services.referrals.models import (
     rewards,
 )
 from shared.auth import AdminAuth
+from shared.db import merges
 from shared.http.app import session_dependency
 
 Session = Annotated[AsyncSession, session_dependency(SCHEMA)]
 Rows = list[dict[str, Any]]
-MAX_MERGE_DEPTH = 16
 
 
 class CustomerExport(BaseModel):
@@ -53,23 +53,6 @@ class CustomerExport(BaseModel):
     refunds: Rows
 
 
-async def _merged_into(session: AsyncSession, customer_id: uuid.UUID) -> list[uuid.UUID]:
-    """The ids of customers folded into `customer_id`, directly or through earlier merges."""
-    found: list[uuid.UUID] = []
-    frontier = [customer_id]
-    for _ in range(MAX_MERGE_DEPTH):
-        if not frontier:
-            break
-        rows = await session.execute(
-            select(customers.c.customer_id).where(customers.c.merged_into.in_(frontier))
-        )
-        frontier = [
-            uuid.UUID(str(row)) for row in rows.scalars() if row not in found and row != customer_id
-        ]
-        found.extend(frontier)
-    return found
-
-
 async def _rows(
     session: AsyncSession, table: Table, where: ColumnElement[bool], *order: str
 ) -> Rows:
@@ -88,7 +71,7 @@ def routes() -> APIRouter:
         customer_id: uuid.UUID, session: Session, _: AdminAuth
     ) -> CustomerExport:
         """Everything referrals holds about a customer (GDPR access request)."""
-        ids = [customer_id, *await _merged_into(session, customer_id)]
+        ids = [customer_id, *await merges.merged_into(session, customers, customer_id)]
         customer_rows = await _rows(
             session, customers, customers.c.customer_id.in_(ids), "customer_id"
         )

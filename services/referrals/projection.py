@@ -18,11 +18,11 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.referrals.models import codes, customers, fingerprints, purchases, refunds
+from shared.db import merges
 
 ACTIVE = "active"
-MERGED = "merged"
+MERGED = merges.MERGED
 ERASED = "erased"
-MAX_HOPS = 16
 
 
 @dataclass(frozen=True)
@@ -147,19 +147,7 @@ async def signed_up_at(session: AsyncSession, customer_id: uuid.UUID) -> datetim
 
 async def survivor_of(session: AsyncSession, customer_id: uuid.UUID) -> uuid.UUID:
     """The customer that now stands for `customer_id` (itself unless it was merged away)."""
-    current = customer_id
-    for _ in range(MAX_HOPS):
-        target = (
-            await session.execute(
-                select(customers.c.merged_into).where(
-                    customers.c.customer_id == current, customers.c.status == MERGED
-                )
-            )
-        ).scalar_one_or_none()
-        if target is None:
-            return current
-        current = uuid.UUID(str(target))
-    return current
+    return await merges.survivor_of(session, customers, customer_id)
 
 
 async def record_purchase(
