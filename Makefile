@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.contacts_import
 	$(BIN)/python -m bench.loyalty
+	$(BIN)/python -m bench.scoring
 
 clean:
 	rm -rf $(VENV) .crm .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -16,6 +16,7 @@ import typer
 import uvicorn
 
 from crm.services import ALL_SERVICES, by_name
+from services.scoring.cli import app as scoring_app
 from shared.auth import Scope, issue_token, signing_key
 from shared.events import EVENTS
 from shared.events.schema import render
@@ -32,6 +33,7 @@ token_app = typer.Typer(help="Bearer tokens.", no_args_is_help=True)
 events_app = typer.Typer(help="The event contract.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(events_app, name="events")
+app.add_typer(scoring_app, name="scoring")
 
 ServiceName = Annotated[
     str, typer.Argument(help="contacts, loyalty, referrals, scoring or messaging")
