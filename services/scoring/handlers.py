@@ -26,12 +26,31 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.scoring import scores, state
 from services.scoring.models import customers, purchases
-from shared.events.contacts import CustomerErased, CustomerMerged, CustomerSignedUp
+from shared.events.contacts import (
+    CustomerErased,
+    CustomerMerged,
+    CustomerSignedUp,
+    CustomerUpdated,
+)
 from shared.events.envelope import Event, EventEnvelope
-from shared.events.loyalty import TierChanged
+from shared.events.loyalty import (
+    PointsAdjusted,
+    PointsEarned,
+    PointsExpired,
+    PointsRedeemed,
+    TierChanged,
+)
 from shared.events.purchases import PurchaseCompleted, PurchaseRefunded
 from shared.pipeline.consumer import Handler
 from shared.settings import Settings
+
+# Loyalty's events that carry the balance after them, and when each happened.
+_POINTS_MOMENT: dict[type[Event], str] = {
+    PointsEarned: "earned_at",
+    PointsAdjusted: "adjusted_at",
+    PointsRedeemed: "redeemed_at",
+    PointsExpired: "expired_at",
+}
 
 CLEARED_SCORES: dict[str, Any] = {
     "fit_id": None,
@@ -107,7 +126,16 @@ async def erase(session: AsyncSession, customer_id: uuid.UUID, now: datetime) ->
     await session.execute(
         update(customers)
         .where(customers.c.customer_id == customer_id)
-        .values(status=state.ERASED, tier=None, signed_up_at=None, **CLEARED_SCORES, updated_at=now)
+        .values(
+            status=state.ERASED,
+            tier=None,
+            signed_up_at=None,
+            locale=None,
+            points_balance=None,
+            points_balance_at=None,
+            **CLEARED_SCORES,
+            updated_at=now,
+        )
     )
     return [customer_id]
 
@@ -145,17 +173,55 @@ def handlers(settings: Settings) -> dict[type[Event], Handler]:
     async def signed_up(
         session: AsyncSession, event: CustomerSignedUp, now: datetime
     ) -> list[uuid.UUID]:
-        """Remember when the customer joined (segments may ask)."""
+        """Remember when the customer joined and their locale (segments may ask)."""
         customer_id = await state.survivor_of(session, event.customer_id)
         row = await state.lock_customer(session, customer_id, now)
-        if row.status != state.ACTIVE or row.signed_up_at == event.signed_up_at:
+        locale = event.profile.locale
+        if row.status != state.ACTIVE or (
+            row.signed_up_at == event.signed_up_at and row.locale == locale
+        ):
             return []
         await session.execute(
             update(customers)
             .where(customers.c.customer_id == customer_id)
-            .values(signed_up_at=event.signed_up_at, updated_at=now)
+            .values(signed_up_at=event.signed_up_at, locale=locale, updated_at=now)
         )
         return [customer_id]
+
+    async def updated(
+        session: AsyncSession, event: CustomerUpdated, now: datetime
+    ) -> list[uuid.UUID]:
+        """Follow the profile's locale (the only profile attribute scoring keeps)."""
+        customer_id = await state.survivor_of(session, event.customer_id)
+        row = await state.lock_customer(session, customer_id, now)
+        if row.status != state.ACTIVE or row.locale == event.profile.locale:
+            return []
+        await session.execute(
+            update(customers)
+            .where(customers.c.customer_id == customer_id)
+            .values(locale=event.profile.locale, updated_at=now)
+        )
+        return [customer_id]
+
+    async def points_moved(session: AsyncSession, event: Any, now: datetime) -> list[uuid.UUID]:
+        """Keep loyalty's points balance; a late copy of an older entry changes nothing.
+
+        Loyalty publishes a member's entries in order with the balance after each, so the
+        newest entry's balance is the balance.
+        """
+        moment: datetime = getattr(event, _POINTS_MOMENT[type(event)])
+        customer_id = await state.survivor_of(session, event.customer_id)
+        row = await state.lock_customer(session, customer_id, now)
+        if row.status != state.ACTIVE or (
+            row.points_balance_at is not None and row.points_balance_at > moment
+        ):
+            return []
+        await session.execute(
+            update(customers)
+            .where(customers.c.customer_id == customer_id)
+            .values(points_balance=event.balance, points_balance_at=moment, updated_at=now)
+        )
+        return [] if row.points_balance == event.balance else [customer_id]
 
     async def tier_changed(
         session: AsyncSession, event: TierChanged, now: datetime
@@ -189,6 +255,8 @@ def handlers(settings: Settings) -> dict[type[Event], Handler]:
         PurchaseRefunded: then_rescore(refund),
         CustomerSignedUp: then_rescore(signed_up),
         TierChanged: then_rescore(tier_changed),
+        CustomerUpdated: then_rescore(updated),
+        **{model: then_rescore(points_moved) for model in _POINTS_MOMENT},
         CustomerMerged: then_rescore(merged),
         CustomerErased: then_rescore(erased),
     }

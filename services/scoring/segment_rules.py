@@ -67,6 +67,8 @@ ATTRIBUTES: dict[str, Kind] = {
     "rfm_m": Kind.NUMBER,
     "rfm_segment": Kind.TEXT,
     "tier": Kind.TEXT,
+    "points_balance": Kind.NUMBER,
+    "locale": Kind.TEXT,
     "orders": Kind.NUMBER,
     "purchase_days": Kind.NUMBER,
     "spend_minor": Kind.NUMBER,

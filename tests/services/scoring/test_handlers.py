@@ -16,9 +16,15 @@ from services.scoring.handlers import handlers
 from services.scoring.models import customers, purchases, refunds
 from shared.db.engine import create_engine, session_factory
 from shared.db.migrations import migrate
-from shared.events.contacts import CustomerErased, CustomerMerged, CustomerSignedUp, ProfileSnapshot
+from shared.events.contacts import (
+    CustomerErased,
+    CustomerMerged,
+    CustomerSignedUp,
+    CustomerUpdated,
+    ProfileSnapshot,
+)
 from shared.events.envelope import Event
-from shared.events.loyalty import TierChanged
+from shared.events.loyalty import PointsEarned, PointsRedeemed, TierChanged
 from shared.events.purchases import PurchaseCompleted, PurchaseRefunded
 from shared.settings import Settings
 from tests.services.scoring.test_refit import MIGRATIONS, seed_shop
@@ -204,3 +210,53 @@ async def test_sign_up_and_tier_are_kept_for_segments(db: async_sessionmaker[Asy
     row = await row_of(db, customer)
     assert (row.signed_up_at, row.tier, row.status) == (joined, "gold", "active")
     assert (row.orders, row.churn_band) == (0, None)  # no purchase, no scores
+
+
+async def test_locale_and_points_balance_are_kept_for_segments(
+    db: async_sessionmaker[AsyncSession],
+) -> None:
+    customer = uuid.uuid4()
+    await deliver(
+        db,
+        CustomerSignedUp(
+            customer_id=customer,
+            profile=ProfileSnapshot(locale="ms-MY"),
+            source="pos",
+            signed_up_at=NOW - timedelta(days=3),
+        ),
+    )
+    await deliver(
+        db,
+        CustomerUpdated(
+            customer_id=customer,
+            changed=["locale"],
+            profile=ProfileSnapshot(locale="th-TH"),
+            updated_at=NOW,
+        ),
+    )
+    earned = PointsEarned(
+        customer_id=customer,
+        points=120,
+        reason="purchase",
+        available_at=NOW,
+        balance=120,
+        earned_at=NOW - timedelta(minutes=5),
+    )
+    redeemed = PointsRedeemed(
+        customer_id=customer,
+        points=100,
+        redemption_id=uuid.uuid4(),
+        status="reserved",
+        voucher_code="RD-TEST",
+        balance=20,
+        redeemed_at=NOW,
+    )
+    await deliver(db, earned)
+    await deliver(db, redeemed)
+    await deliver(db, earned)  # a late copy of the older entry
+    row = await row_of(db, customer)
+    assert (row.locale, row.points_balance) == ("th-TH", 20)
+
+    await deliver(db, CustomerErased(customer_id=customer, erased_at=NOW))
+    row = await row_of(db, customer)
+    assert (row.locale, row.points_balance) == (None, None)
