@@ -184,6 +184,39 @@ class Settings(BaseSettings):
         description="Relative CLV change that makes a `customer.scored` event worth sending.",
     )
 
+    smtp_host: str = Field(default="127.0.0.1", description="Outgoing mail server.")
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_tls: Literal["none", "starttls", "tls"] = Field(
+        default="none", description="none, STARTTLS after connecting, or implicit TLS."
+    )
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = Field(
+        default="Our shop <hello@example.com>", description="The From header of emails."
+    )
+    smtp_concurrency: int = Field(default=16, ge=1, le=256, description="SMTP sessions at once.")
+    messaging_providers: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="HTTP providers by channel (sms, whatsapp, line, webhook): "
+        '{"sms": {"url": "...", "token": "..."}}.',
+    )
+    messaging_webhook_secret: SecretStr | None = Field(
+        default=None, description="HMAC-SHA256 key signing outgoing webhooks."
+    )
+    messaging_time_zone: str = Field(
+        default="Asia/Kuala_Lumpur", description="The business's zone (schedules, reports)."
+    )
+    messaging_quiet_hours: tuple[int, int] = Field(
+        default=(21, 9), description="No sends from this hour to that one, recipient's time."
+    )
+    messaging_frequency_caps: dict[str, tuple[int, int]] = Field(
+        default_factory=lambda: {"email": (3, 7), "sms": (2, 7), "whatsapp": (2, 7)},
+        description="Per channel: at most N marketing messages in D days.",
+    )
+    messaging_attribution_days: int = Field(
+        default=7, ge=1, le=90, description="A purchase this soon after a message converts."
+    )
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = "INFO"

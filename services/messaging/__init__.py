@@ -3,10 +3,12 @@
 from pathlib import Path
 
 from services.messaging.api import routes
+from services.messaging.handlers import handlers
 from shared.service import ServiceDefinition
 
 SERVICE = ServiceDefinition(
     name="messaging",
     routes=routes,
     migrations=Path(__file__).parent / "migrations",
+    handler_factory=handlers,
 )

@@ -3,7 +3,15 @@
 Importing this package registers every product event type in `EVENTS`.
 """
 
-from shared.events import contacts, loyalty, platform, purchases, referrals, scoring
+from shared.events import (
+    contacts,
+    loyalty,
+    messaging,
+    platform,
+    purchases,
+    referrals,
+    scoring,
+)
 from shared.events.envelope import Event, EventEnvelope
 from shared.events.registry import EVENTS, EventRegistry, UnknownEventVersion
 
@@ -15,6 +23,7 @@ __all__ = [
     "UnknownEventVersion",
     "contacts",
     "loyalty",
+    "messaging",
     "platform",
     "purchases",
     "referrals",
