@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.contacts_import
 	$(BIN)/python -m bench.loyalty
 	$(BIN)/python -m bench.scoring
+	$(BIN)/python -m bench.messaging
 
 clean:
 	rm -rf $(VENV) .crm .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from services.messaging import birthdays, campaign_outcomes, dispatcher
 from services.messaging.api import routes
 from services.messaging.handlers import handlers
 from shared.service import ServiceDefinition
@@ -11,4 +12,5 @@ SERVICE = ServiceDefinition(
     routes=routes,
     migrations=Path(__file__).parent / "migrations",
     handler_factory=handlers,
+    jobs=(campaign_outcomes.JOB, birthdays.JOB, dispatcher.JOB),
 )

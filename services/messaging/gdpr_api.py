@@ -1,10 +1,83 @@
-"""Routes of the messaging service: filled in by the module's owner."""
+"""GDPR export: everything messaging holds about one customer (for contacts' data export).
+
+Contacts' export calls `GET /v1/messaging/customers/{id}/export` with the caller's admin
+token and folds the answer into the file it hands the customer. Recipients merged into
+the customer are part of the answer: the messages sent to them were sent to the customer.
+"""
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
 from fastapi import APIRouter
+from pydantic import BaseModel, Field
+from sqlalchemy import Table, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.messaging.models import (
+    SCHEMA,
+    conversions,
+    recipients,
+    segment_members,
+    sends,
+    survey_responses,
+)
+from shared.auth import AdminAuth
+from shared.db import merges
+from shared.http.app import session_dependency
+
+Session = Annotated[AsyncSession, session_dependency(SCHEMA)]
+Rows = list[dict[str, Any]]
+
+
+class CustomerExport(BaseModel):
+    """Every row messaging keeps about a customer, as stored (amounts in minor units)."""
+
+    customer_id: uuid.UUID
+    exported_at: datetime
+    recipient: dict[str, Any] | None = Field(description="Null when messaging never saw them.")
+    merged_recipients: Rows = Field(description="Recipient rows of duplicates merged into them.")
+    sends: Rows = Field(description="The send ledger: every message queued, sent or skipped.")
+    conversions: Rows = Field(description="Their purchases, with the message each converted.")
+    survey_responses: Rows
+    segment_memberships: Rows
+
+
+async def _rows(
+    session: AsyncSession, table: Table, column: str, values: list[Any], order: str
+) -> Rows:
+    result = await session.execute(
+        select(table).where(table.c[column].in_(values)).order_by(table.c[order])
+    )
+    return [dict(row._mapping) for row in result]
 
 
 def routes() -> APIRouter:
-    """This module's routes."""
-    return APIRouter()
+    """The routes of this module."""
+    router = APIRouter(tags=["messaging"])
+
+    @router.get("/customers/{customer_id}/export")
+    async def export_customer(
+        customer_id: uuid.UUID, session: Session, _: AdminAuth
+    ) -> CustomerExport:
+        """Everything messaging holds about a customer (GDPR access request)."""
+        ids = [customer_id, *await merges.merged_into(session, recipients, customer_id)]
+        recipient_rows = await _rows(session, recipients, "customer_id", ids, "customer_id")
+        return CustomerExport(
+            customer_id=customer_id,
+            exported_at=datetime.now(UTC),
+            recipient=next((r for r in recipient_rows if r["customer_id"] == customer_id), None),
+            merged_recipients=[r for r in recipient_rows if r["customer_id"] != customer_id],
+            sends=await _rows(session, sends, "customer_id", ids, "created_at"),
+            conversions=await _rows(session, conversions, "customer_id", ids, "purchased_at"),
+            survey_responses=await _rows(
+                session, survey_responses, "customer_id", ids, "answered_at"
+            ),
+            segment_memberships=await _rows(
+                session, segment_members, "customer_id", ids, "entered_at"
+            ),
+        )
+
+    return router

@@ -43,6 +43,8 @@ recipients = sa.Table(
     _at("signed_up_at"),
     _at("last_purchase_at"),
     _at("updated_at", nullable=False),
+    # {fact group: event time that set it}, so late copies change nothing (migration 0003).
+    sa.Column("facts_at", JSONB, nullable=False, server_default="{}"),
 )
 
 segment_members = sa.Table(
