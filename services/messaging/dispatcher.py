@@ -24,7 +24,8 @@ queue, and they are sent again with THE SAME idempotency key, the send id:
 * HTTP providers and webhooks get `Idempotency-Key: <send id>`; a provider that honours
   it drops the duplicate, so those channels are exactly-once end to end.
 * SMTP has no such key. Resending is the only way not to lose a message, so email is
-  at-least-once across a crash in that window (normally a few milliseconds per batch);
+  at-least-once across a crash in that window (`run()` records answers in groups of
+  `RECORD_EVERY` as they arrive, so only those in flight or in the unflushed group);
   the copy carries the same `Message-ID: <send id@domain>`, which many mail systems use
   to drop duplicates. We prefer a rare duplicate to a silently lost voucher.
 Redelivered events and restarted campaigns never create a second row (see `sends`), so
@@ -129,8 +130,7 @@ class Dispatcher:
         """
         claim = await self.claim(limit, now=now)
         if claim.jobs:
-            results = await self.deliver(claim.jobs)
-            await self.record(claim.jobs, results)
+            await self._finish(claim.jobs)
         return claim.handled
 
     async def run(self, *, until_idle: bool = False) -> int:
@@ -552,8 +552,26 @@ class Dispatcher:
         await add_events(session, SCHEMA, events, source=SCHEMA)
 
     async def _finish(self, jobs: list[Job]) -> int:
-        results = await self.deliver(jobs)
-        await self.record(jobs, results)
+        """Send a batch, recording results as they come in, not after the whole batch.
+
+        A crash can only strand (and later resend) messages whose answer has not been
+        recorded yet: with a flush every `RECORD_EVERY` answers, that is at most the
+        messages in flight plus one unflushed group, not the whole batch.
+        """
+        limit = asyncio.Semaphore(max(self.settings.smtp_concurrency, 1) * 2)
+
+        async def one(job: Job) -> tuple[Job, Result]:
+            async with limit:
+                return job, await self.channels[job.message.channel].send(job.message)
+
+        done: list[tuple[Job, Result]] = []
+        for answered in asyncio.as_completed([one(job) for job in jobs]):
+            done.append(await answered)
+            if len(done) >= RECORD_EVERY:
+                await self.record([j for j, _ in done], [r for _, r in done])
+                done = []
+        if done:
+            await self.record([j for j, _ in done], [r for _, r in done])
         return len(jobs)
 
     async def _respect_rate_limit(self) -> None:
@@ -561,6 +579,10 @@ class Dispatcher:
         if wait > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), wait)
+
+
+RECORD_EVERY = 32
+"""Answers recorded per transaction while a batch is being sent (see `_finish`)."""
 
 
 def _ids() -> sa.BindParameter[Any]:
