@@ -314,7 +314,10 @@ class Dispatcher:
                 person,
                 data.get("offer"),
                 locale=person["locale"] or chosen["locale"],
-                link=data.get("link"),
+                # Journeys carry their one link under its own name (a survey's signed
+                # answer link, a double opt-in's confirmation link): `{{ link }}` in the
+                # template either way.
+                link=data.get("link") or data.get("survey_url") or data.get("confirm_url"),
                 unsubscribe_url=unsubscribe,
             )
         )

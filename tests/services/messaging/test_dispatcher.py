@@ -79,6 +79,20 @@ async def test_a_send_arrives_once_with_its_headers(
     assert await outbox_types(sessions) == ["message.sent"]
 
 
+@pytest.mark.parametrize("key", ["survey_url", "confirm_url"])
+async def test_a_journeys_own_link_is_the_templates_link(
+    sessions: Sessions, dispatcher: Dispatcher, sink: tuple[Sink, int], key: str
+) -> None:
+    """Surveys and double opt-in carry their link under its own name; `{{ link }}` shows it."""
+    await make_template(sessions, name="journey", body="Tell us: {{ link }}")
+    cid = await make_recipient(sessions)
+    url = f"https://crm.example.my/{key}?token=abc"
+    await enqueue(sessions, cid, source=f"trigger:{key}", template="journey", payload={key: url})
+    assert await dispatcher.run_once(100) == 1
+    [message] = sink[0].messages
+    assert f"Tell us: {url}" in message.get_content()
+
+
 async def test_a_5xx_marks_the_address_undeliverable(
     sessions: Sessions, dispatcher: Dispatcher, sink: tuple[Sink, int]
 ) -> None:
