@@ -13,7 +13,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
-from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.loyalty.models import (
@@ -30,10 +29,10 @@ from services.loyalty.models import (
 )
 from shared.auth import AdminAuth
 from shared.db import merges
+from shared.db.export import Rows, rows_where
 from shared.http.app import session_dependency
 
 Session = Annotated[AsyncSession, session_dependency(SCHEMA)]
-Rows = list[dict[str, Any]]
 
 
 class CustomerExport(BaseModel):
@@ -53,17 +52,6 @@ class CustomerExport(BaseModel):
     tier_changes: Rows
 
 
-async def _rows(
-    session: AsyncSession, table: Table, column: str, values: list[Any], order: str
-) -> Rows:
-    if not values:
-        return []
-    result = await session.execute(
-        select(table).where(table.c[column].in_(values)).order_by(table.c[order])
-    )
-    return [dict(row._mapping) for row in result]
-
-
 def routes() -> APIRouter:
     """The routes of this module."""
     router = APIRouter(tags=["loyalty"])
@@ -75,27 +63,27 @@ def routes() -> APIRouter:
         """Everything loyalty holds about a customer (GDPR access request)."""
         merged = await merges.merged_into(session, members, customer_id)
         ids = [customer_id, *merged]
-        member_rows = await _rows(session, members, "customer_id", ids, "customer_id")
+        member_rows = await rows_where(session, members, "customer_id", ids, "customer_id")
         member = next((m for m in member_rows if m["customer_id"] == customer_id), None)
-        purchase_rows = await _rows(session, purchases, "customer_id", ids, "purchased_at")
-        card_rows = await _rows(session, stamp_cards, "customer_id", ids, "created_at")
+        purchase_rows = await rows_where(session, purchases, "customer_id", ids, "purchased_at")
+        card_rows = await rows_where(session, stamp_cards, "customer_id", ids, "created_at")
         return CustomerExport(
             customer_id=customer_id,
             exported_at=datetime.now(UTC),
             member=member,
             merged_members=[m for m in member_rows if m["customer_id"] != customer_id],
             purchases=purchase_rows,
-            refunds=await _rows(
+            refunds=await rows_where(
                 session, refunds, "purchase_id", [p["id"] for p in purchase_rows], "refunded_at"
             ),
-            ledger=await _rows(session, ledger, "customer_id", ids, "id"),
-            lots=await _rows(session, lots, "customer_id", ids, "id"),
-            redemptions=await _rows(session, redemptions, "customer_id", ids, "created_at"),
+            ledger=await rows_where(session, ledger, "customer_id", ids, "id"),
+            lots=await rows_where(session, lots, "customer_id", ids, "id"),
+            redemptions=await rows_where(session, redemptions, "customer_id", ids, "created_at"),
             stamp_cards=card_rows,
-            stamp_entries=await _rows(
+            stamp_entries=await rows_where(
                 session, stamp_entries, "card_id", [c["id"] for c in card_rows], "id"
             ),
-            tier_changes=await _rows(session, tier_changes, "customer_id", ids, "id"),
+            tier_changes=await rows_where(session, tier_changes, "customer_id", ids, "id"),
         )
 
     return router

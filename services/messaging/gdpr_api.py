@@ -13,7 +13,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
-from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.messaging.models import (
@@ -26,10 +25,10 @@ from services.messaging.models import (
 )
 from shared.auth import AdminAuth
 from shared.db import merges
+from shared.db.export import Rows, rows_where
 from shared.http.app import session_dependency
 
 Session = Annotated[AsyncSession, session_dependency(SCHEMA)]
-Rows = list[dict[str, Any]]
 
 
 class CustomerExport(BaseModel):
@@ -45,15 +44,6 @@ class CustomerExport(BaseModel):
     segment_memberships: Rows
 
 
-async def _rows(
-    session: AsyncSession, table: Table, column: str, values: list[Any], order: str
-) -> Rows:
-    result = await session.execute(
-        select(table).where(table.c[column].in_(values)).order_by(table.c[order])
-    )
-    return [dict(row._mapping) for row in result]
-
-
 def routes() -> APIRouter:
     """The routes of this module."""
     router = APIRouter(tags=["messaging"])
@@ -64,18 +54,18 @@ def routes() -> APIRouter:
     ) -> CustomerExport:
         """Everything messaging holds about a customer (GDPR access request)."""
         ids = [customer_id, *await merges.merged_into(session, recipients, customer_id)]
-        recipient_rows = await _rows(session, recipients, "customer_id", ids, "customer_id")
+        recipient_rows = await rows_where(session, recipients, "customer_id", ids, "customer_id")
         return CustomerExport(
             customer_id=customer_id,
             exported_at=datetime.now(UTC),
             recipient=next((r for r in recipient_rows if r["customer_id"] == customer_id), None),
             merged_recipients=[r for r in recipient_rows if r["customer_id"] != customer_id],
-            sends=await _rows(session, sends, "customer_id", ids, "created_at"),
-            conversions=await _rows(session, conversions, "customer_id", ids, "purchased_at"),
-            survey_responses=await _rows(
+            sends=await rows_where(session, sends, "customer_id", ids, "created_at"),
+            conversions=await rows_where(session, conversions, "customer_id", ids, "purchased_at"),
+            survey_responses=await rows_where(
                 session, survey_responses, "customer_id", ids, "answered_at"
             ),
-            segment_memberships=await _rows(
+            segment_memberships=await rows_where(
                 session, segment_members, "customer_id", ids, "entered_at"
             ),
         )

@@ -14,7 +14,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
-from sqlalchemy import ColumnElement, Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.referrals.models import (
@@ -29,10 +28,10 @@ from services.referrals.models import (
 )
 from shared.auth import AdminAuth
 from shared.db import merges
+from shared.db.export import Rows, rows_where
 from shared.http.app import session_dependency
 
 Session = Annotated[AsyncSession, session_dependency(SCHEMA)]
-Rows = list[dict[str, Any]]
 
 
 class CustomerExport(BaseModel):
@@ -53,15 +52,6 @@ class CustomerExport(BaseModel):
     refunds: Rows
 
 
-async def _rows(
-    session: AsyncSession, table: Table, where: ColumnElement[bool], *order: str
-) -> Rows:
-    result = await session.execute(
-        select(table).where(where).order_by(*(table.c[column] for column in order))
-    )
-    return [dict(row._mapping) for row in result]
-
-
 def routes() -> APIRouter:
     """The routes of this module."""
     router = APIRouter(tags=["referrals"])
@@ -72,11 +62,9 @@ def routes() -> APIRouter:
     ) -> CustomerExport:
         """Everything referrals holds about a customer (GDPR access request)."""
         ids = [customer_id, *await merges.merged_into(session, customers, customer_id)]
-        customer_rows = await _rows(
-            session, customers, customers.c.customer_id.in_(ids), "customer_id"
-        )
-        purchase_rows = await _rows(
-            session, purchases, purchases.c.customer_id.in_(ids), "purchased_at", "id"
+        customer_rows = await rows_where(session, customers, "customer_id", ids, "customer_id")
+        purchase_rows = await rows_where(
+            session, purchases, "customer_id", ids, "purchased_at", "id"
         )
         purchase_ids = [p["id"] for p in purchase_rows]
         return CustomerExport(
@@ -84,27 +72,26 @@ def routes() -> APIRouter:
             exported_at=datetime.now(UTC),
             customer=next((c for c in customer_rows if c["customer_id"] == customer_id), None),
             merged_customers=[c for c in customer_rows if c["customer_id"] != customer_id],
-            codes=await _rows(session, codes, codes.c.customer_id.in_(ids), "created_at", "code"),
-            referrals_as_referrer=await _rows(
-                session, referrals, referrals.c.referrer_id.in_(ids), "attributed_at", "id"
+            codes=await rows_where(session, codes, "customer_id", ids, "created_at", "code"),
+            referrals_as_referrer=await rows_where(
+                session, referrals, "referrer_id", ids, "attributed_at", "id"
             ),
-            referrals_as_referee=await _rows(
-                session, referrals, referrals.c.referee_id.in_(ids), "attributed_at", "id"
+            referrals_as_referee=await rows_where(
+                session, referrals, "referee_id", ids, "attributed_at", "id"
             ),
-            rewards=await _rows(
-                session, rewards, rewards.c.customer_id.in_(ids), "rewarded_at", "id"
-            ),
-            fingerprints=await _rows(
+            rewards=await rows_where(session, rewards, "customer_id", ids, "rewarded_at", "id"),
+            fingerprints=await rows_where(
                 session,
                 fingerprints,
-                fingerprints.c.customer_id.in_(ids),
+                "customer_id",
+                ids,
                 "seen_at",
                 "kind",
                 "value",
             ),
             purchases=purchase_rows,
-            refunds=await _rows(
-                session, refunds, refunds.c.purchase_id.in_(purchase_ids), "refunded_at", "id"
+            refunds=await rows_where(
+                session, refunds, "purchase_id", purchase_ids, "refunded_at", "id"
             ),
         )
 

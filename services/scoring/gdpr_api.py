@@ -13,16 +13,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
-from sqlalchemy import Table, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.scoring.models import SCHEMA, customers, purchases, refunds, segment_members, segments
 from shared.auth import AdminAuth
 from shared.db import merges
+from shared.db.export import Rows, rows_where
 from shared.http.app import session_dependency
 
 Session = Annotated[AsyncSession, session_dependency(SCHEMA)]
-Rows = list[dict[str, Any]]
 
 
 class CustomerExport(BaseModel):
@@ -39,17 +39,6 @@ class CustomerExport(BaseModel):
     segments: Rows = Field(description="Saved segments they are a member of.")
 
 
-async def _rows(
-    session: AsyncSession, table: Table, column: str, values: list[Any], order: str
-) -> Rows:
-    if not values:
-        return []
-    result = await session.execute(
-        select(table).where(table.c[column].in_(values)).order_by(table.c[order])
-    )
-    return [dict(row._mapping) for row in result]
-
-
 def routes() -> APIRouter:
     """The routes of this module."""
     router = APIRouter(tags=["scoring"])
@@ -60,8 +49,8 @@ def routes() -> APIRouter:
     ) -> CustomerExport:
         """Everything scoring holds about a customer (GDPR access request)."""
         ids = [customer_id, *await merges.merged_into(session, customers, customer_id)]
-        rows = await _rows(session, customers, "customer_id", ids, "customer_id")
-        purchase_rows = await _rows(session, purchases, "customer_id", ids, "purchased_at")
+        rows = await rows_where(session, customers, "customer_id", ids, "customer_id")
+        purchase_rows = await rows_where(session, purchases, "customer_id", ids, "purchased_at")
         memberships = (
             await session.execute(
                 select(segments.c.id, segments.c.name, segment_members.c.entered_at)
@@ -76,7 +65,7 @@ def routes() -> APIRouter:
             customer=next((r for r in rows if r["customer_id"] == customer_id), None),
             merged_customers=[r for r in rows if r["customer_id"] != customer_id],
             purchases=purchase_rows,
-            refunds=await _rows(
+            refunds=await rows_where(
                 session, refunds, "purchase_id", [p["id"] for p in purchase_rows], "refunded_at"
             ),
             segments=[dict(m._mapping) for m in memberships],
