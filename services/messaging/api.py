@@ -9,6 +9,7 @@ from services.messaging import (
     gdpr_api,
     surveys_api,
     templates_api,
+    tracking_api,
     triggers_api,
 )
 
@@ -16,6 +17,13 @@ from services.messaging import (
 def routes() -> APIRouter:
     """The service's routes; health and readiness come from the platform's app factory."""
     router = APIRouter(tags=["messaging"])
-    for module in (templates_api, campaigns_api, triggers_api, surveys_api, gdpr_api):
+    for module in (
+        templates_api,
+        campaigns_api,
+        triggers_api,
+        surveys_api,
+        gdpr_api,
+        tracking_api,
+    ):
         router.include_router(module.routes())
     return router

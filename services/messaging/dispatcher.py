@@ -309,15 +309,21 @@ class Dispatcher:
             else None
         )
         data = payload.get("data") or {}
+        # Journeys carry their one link under its own name (a survey's signed answer link,
+        # a double opt-in's confirmation link), campaigns in their offer: `{{ link }}` in
+        # the template either way, as a tracked link that records the click and redirects.
+        link = (
+            data.get("link")
+            or data.get("survey_url")
+            or data.get("confirm_url")
+            or (data.get("offer") or {}).get("link")
+        )
         rendered = templates.compile_template(chosen["subject"], chosen["body"]).render(
             templates.context(
                 person,
                 data.get("offer"),
                 locale=person["locale"] or chosen["locale"],
-                # Journeys carry their one link under its own name (a survey's signed
-                # answer link, a double opt-in's confirmation link): `{{ link }}` in the
-                # template either way.
-                link=data.get("link") or data.get("survey_url") or data.get("confirm_url"),
+                link=links.tracked_url(self.settings, row["id"], str(link)) if link else None,
                 unsubscribe_url=unsubscribe,
             )
         )

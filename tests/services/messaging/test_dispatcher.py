@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.messaging import links
 from services.messaging.dispatcher import Dispatcher, dispatch
 from services.messaging.models import campaigns, recipients
 from shared.settings import Settings
@@ -83,14 +84,20 @@ async def test_a_send_arrives_once_with_its_headers(
 async def test_a_journeys_own_link_is_the_templates_link(
     sessions: Sessions, dispatcher: Dispatcher, sink: tuple[Sink, int], key: str
 ) -> None:
-    """Surveys and double opt-in carry their link under its own name; `{{ link }}` shows it."""
+    """Surveys and double opt-in carry their link under its own name; `{{ link }}` shows it,
+    as the tracked link that records the click and redirects there."""
     await make_template(sessions, name="journey", body="Tell us: {{ link }}")
     cid = await make_recipient(sessions)
     url = f"https://crm.example.my/{key}?token=abc"
-    await enqueue(sessions, cid, source=f"trigger:{key}", template="journey", payload={key: url})
+    sid = await enqueue(
+        sessions, cid, source=f"trigger:{key}", template="journey", payload={key: url}
+    )
     assert await dispatcher.run_once(100) == 1
     [message] = sink[0].messages
-    assert f"Tell us: {url}" in message.get_content()
+    tracked = links.tracked_url(dispatcher.settings, sid, url)
+    assert f"Tell us: {tracked}" in message.get_content()
+    token = tracked.partition("?token=")[2]
+    assert links.verify_click(dispatcher.settings, token) == (sid, url)
 
 
 async def test_a_5xx_marks_the_address_undeliverable(
