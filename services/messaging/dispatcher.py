@@ -337,6 +337,12 @@ class Dispatcher:
             body=rendered.body,
             subject=rendered.subject,
             unsubscribe_url=unsubscribe,
+            # Marketing mail goes out with an HTML part carrying the open pixel.
+            open_pixel_url=(
+                links.open_pixel_url(self.settings, row["id"])
+                if marketing and channel == "email"
+                else None
+            ),
             metadata={"source": row["source"]},
         )
 

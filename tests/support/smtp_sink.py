@@ -63,3 +63,10 @@ def smtp_sink() -> Iterator[tuple[Sink, int]]:
         yield sink, port
     finally:
         controller.stop()
+
+
+def text_of(message: EmailMessage) -> str:
+    """The plain-text body, whether the mail is plain text or has an HTML alternative."""
+    part = message.get_body(preferencelist=("plain",))
+    assert part is not None, "the mail has no plain-text part"
+    return str(part.get_content())

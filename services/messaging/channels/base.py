@@ -37,6 +37,7 @@ class Message:
     body: str
     subject: str | None = None
     unsubscribe_url: str | None = None
+    open_pixel_url: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
 
 

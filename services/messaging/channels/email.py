@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
+import html
 from collections.abc import Sequence
 from email.header import Header
-from email.utils import formatdate, parseaddr
+from email.utils import formataddr, formatdate, parseaddr
 
 import aiosmtplib
 
@@ -60,6 +62,7 @@ class SmtpChannel:
             message_id=self.message_id(message),
             extra=[("X-CRM-Send-Id", str(message.send_id))],
             unsubscribe_url=message.unsubscribe_url,
+            open_pixel_url=message.open_pixel_url,
         )
 
     async def send(self, message: Message) -> Result:
@@ -122,6 +125,29 @@ def _failure(code: int, text: str, message_id: str) -> Result:
     return Result(classify_smtp(code, text), message_id, f"smtp {code}: {text}"[:500])
 
 
+def _address_text(value: str) -> str:
+    """An address header: a non-ASCII display name is RFC 2047-encoded, the address not."""
+    value = " ".join(value.splitlines())
+    if value.isascii():
+        return value
+    name, address = parseaddr(value)
+    return formataddr((name, address), charset="utf-8")
+
+
+def _html_part(body: str, open_pixel_url: str) -> str:
+    """The text as HTML (escaped, line breaks kept) with the 1x1 image that records opening."""
+    return (
+        '<!doctype html><html><body><div style="white-space:pre-wrap">'
+        f"{html.escape(body)}</div>"
+        f'<img src="{html.escape(open_pixel_url)}" width="1" height="1" alt="">'
+        "</body></html>"
+    )
+
+
+def _base64(text: str) -> bytes:
+    return base64.encodebytes(text.encode("utf-8")).replace(b"\n", b"\r\n")
+
+
 def _header_text(value: str) -> str:
     """One header line's value: no line breaks (no header injection), RFC 2047 if not ASCII."""
     value = " ".join(value.splitlines())
@@ -139,16 +165,18 @@ def encode_message(
     message_id: str,
     extra: Sequence[tuple[str, str]] = (),
     unsubscribe_url: str | None = None,
+    open_pixel_url: str | None = None,
 ) -> bytes:
-    """A plain-text UTF-8 email (base64 body) as bytes, ready for SMTP DATA.
+    """A UTF-8 email (base64 parts) as bytes, ready for SMTP DATA: plain text, or with an
+    `open_pixel_url` plain text and HTML alternatives, the HTML one carrying the pixel.
 
     Built by hand rather than with `email.message.EmailMessage`: the standard library's
     header registry parses and refolds every header, which cost more CPU per message than
     the SMTP exchange itself. Lines stay within RFC 5322's 998-character limit.
     """
     lines = [
-        f"From: {_header_text(sender)}",
-        f"To: {_header_text(to)}",
+        f"From: {_address_text(sender)}",
+        f"To: {_address_text(to)}",
         f"Subject: {_header_text(subject)}",
         f"Date: {formatdate(localtime=False)}",
         f"Message-ID: {message_id}",
@@ -157,11 +185,20 @@ def encode_message(
     if unsubscribe_url:
         lines.append(f"List-Unsubscribe: <{_header_text(unsubscribe_url)}>")
         lines.append("List-Unsubscribe-Post: List-Unsubscribe=One-Click")
-    lines += [
-        "MIME-Version: 1.0",
-        'Content-Type: text/plain; charset="utf-8"',
-        "Content-Transfer-Encoding: base64",
+    plain = 'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: base64'
+    if open_pixel_url is None:
+        lines += ["MIME-Version: 1.0", plain]
+        return "\r\n".join(lines).encode("utf-8") + b"\r\n\r\n" + _base64(body)
+    boundary = f"crm-{hashlib.sha256(message_id.encode()).hexdigest()[:24]}"
+    lines += ["MIME-Version: 1.0", f'Content-Type: multipart/alternative; boundary="{boundary}"']
+    html_head = 'Content-Type: text/html; charset="utf-8"\r\nContent-Transfer-Encoding: base64'
+    parts = [
+        f"--{boundary}\r\n{plain}\r\n\r\n".encode() + _base64(body),
+        f"--{boundary}\r\n{html_head}\r\n\r\n".encode() + _base64(_html_part(body, open_pixel_url)),
     ]
-    head = "\r\n".join(lines).encode("utf-8")
-    encoded = base64.encodebytes(body.encode("utf-8")).replace(b"\n", b"\r\n")
-    return head + b"\r\n\r\n" + encoded
+    return (
+        "\r\n".join(lines).encode("utf-8")
+        + b"\r\n\r\n"
+        + b"".join(parts)
+        + f"--{boundary}--\r\n".encode()
+    )

@@ -23,6 +23,7 @@ from services.messaging.channels.webhook import SIGNATURE_HEADER, TIMESTAMP_HEAD
 from services.messaging.dispatcher import Dispatcher
 from shared.settings import Settings
 from tests.services.messaging.send_factories import enqueue, ledger, make_recipient, make_template
+from tests.support.smtp_sink import text_of
 
 SECRET = "webhook-secret"
 
@@ -162,6 +163,20 @@ async def test_a_crash_after_the_provider_took_it_sends_once_with_idempotency_ke
     assert (row["status"], row["provider_message_id"]) == ("sent", "prov-1")
 
 
+def test_non_ascii_display_names_are_encoded_and_addresses_kept() -> None:
+    raw = encode_message(
+        sender="Kedai Kopi Pak Mat <hello@example.my>",
+        to="สมชาย ใจดี <somchai@example.th>",
+        subject="Hi",
+        body="Hi",
+        message_id="<abc@example.my>",
+    )
+    parsed = email.message_from_bytes(raw, policy=default)
+    assert parsed["To"].addresses[0].display_name == "สมชาย ใจดี"
+    assert parsed["To"].addresses[0].addr_spec == "somchai@example.th"
+    assert b"somchai@example.th" in raw  # the address itself is never encoded
+
+
 def test_encoded_email_round_trips_thai_and_refuses_header_injection() -> None:
     raw = encode_message(
         sender="Kedai Kopi <hello@example.my>",
@@ -174,6 +189,6 @@ def test_encoded_email_round_trips_thai_and_refuses_header_injection() -> None:
     parsed = email.message_from_bytes(raw, policy=default)
     assert parsed["Subject"] == "สุขสันต์วันเกิด Somchai Bcc: victim@example.com"
     assert parsed["Bcc"] is None
-    assert parsed.get_content() == "สวัสดีครับ\nรหัส: HBD-1"
+    assert text_of(parsed) == "สวัสดีครับ\nรหัส: HBD-1"
     assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert all(len(line) <= 998 for line in raw.split(b"\r\n"))

@@ -16,7 +16,7 @@ from services.messaging.dispatcher import Dispatcher, dispatch
 from services.messaging.models import campaigns, recipients
 from shared.settings import Settings
 from tests.services.messaging.send_factories import enqueue, ledger, make_recipient, make_template
-from tests.support.smtp_sink import Sink, smtp_sink
+from tests.support.smtp_sink import Sink, smtp_sink, text_of
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -70,7 +70,7 @@ async def test_a_send_arrives_once_with_its_headers(
     )
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert message["Subject"] == "Hello Aisyah"
-    assert "Hai Aisyah, kod SPRING10: 1,250 mata." in message.get_content()
+    assert "Hai Aisyah, kod SPRING10: 1,250 mata." in text_of(message)
     [row] = await ledger(sessions)
     assert (row["status"], row["provider_message_id"], row["attempts"]) == (
         "sent",
@@ -95,7 +95,7 @@ async def test_a_journeys_own_link_is_the_templates_link(
     assert await dispatcher.run_once(100) == 1
     [message] = sink[0].messages
     tracked = links.tracked_url(dispatcher.settings, sid, url)
-    assert f"Tell us: {tracked}" in message.get_content()
+    assert f"Tell us: {tracked}" in text_of(message)
     token = tracked.partition("?token=")[2]
     assert links.verify_click(dispatcher.settings, token) == (sid, url)
 

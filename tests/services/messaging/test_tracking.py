@@ -26,7 +26,7 @@ from shared.settings import Settings
 from tests.services.messaging.send_factories import enqueue, make_recipient, make_template
 from tests.services.messaging.test_campaigns_api import CAMPAIGNS, new_campaign, seed
 from tests.support.auth import SECRET
-from tests.support.smtp_sink import Sink, smtp_sink
+from tests.support.smtp_sink import Sink, smtp_sink, text_of
 
 Sessions = async_sessionmaker[AsyncSession]
 BASE = "https://crm.example.my"
@@ -114,6 +114,25 @@ def status_url(channel: str = "email") -> str:
     return f"/v1/messaging/providers/{channel}/status"
 
 
+async def test_a_marketing_mail_carries_the_open_pixel_that_records_opening(
+    client: httpx.AsyncClient,
+    sessions: Sessions,
+    dispatcher: Dispatcher,
+    sink: tuple[Sink, int],
+    settings: Settings,
+) -> None:
+    _, send_id = await sent_message(sessions, dispatcher)
+    [message] = sink[0].messages
+    html_part = message.get_body(preferencelist=("html",))
+    assert html_part is not None
+    pixel = links.open_pixel_url(settings, send_id)
+    assert f'src="{pixel}"' in str(html_part.get_content()).replace("&amp;", "&")
+    response = await client.get(local(pixel))
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/gif"
+    assert (await row_of(sessions, send_id))["opened_at"] is not None
+
+
 async def test_a_click_is_recorded_once_and_redirects(
     client: httpx.AsyncClient,
     sessions: Sessions,
@@ -123,8 +142,8 @@ async def test_a_click_is_recorded_once_and_redirects(
 ) -> None:
     _, send_id = await sent_message(sessions, dispatcher)
     [message] = sink[0].messages
-    content = message.get_content()
-    # The offer's link is the tracked one; the email is plain text, so it has no pixel.
+    content = text_of(message)
+    # The offer's link is the tracked one; the pixel is only in the HTML alternative.
     assert SHOP not in content and links.OPEN_PATH not in content
     link = TRACKED.search(content)
     assert link is not None
@@ -338,7 +357,7 @@ async def test_campaign_results_count_deliveries_opens_and_clicks(
         await client.get(local(links.open_pixel_url(settings, send_id)))
     for message in sink[0].messages:
         if message["X-CRM-Send-Id"] in (str(ids[0]), str(ids[4])):
-            link = TRACKED.search(message.get_content())
+            link = TRACKED.search(text_of(message))
             assert link is not None
             for _ in range(2):
                 assert (await client.get(local(link.group(0)))).status_code == 302
