@@ -175,7 +175,7 @@ def context(
         "tier": recipient.get("tier") or "",
         "points": format_decimal(recipient.get("points_balance") or 0, locale=loc),
         "expiring_points": format_decimal(recipient.get("expiring_points") or 0, locale=loc),
-        "expiry_date": format_date(expiry, format="long", locale=loc) if expiry else "",
+        "expiry_date": local_date(expiry, loc) if expiry else "",
         "voucher_code": offer.get("voucher_code") or "",
         "discount": money(int(amount), str(currency), loc) if amount is not None else "",
         "offer_title": offer.get("title") or "",
@@ -183,6 +183,17 @@ def context(
         "link": link or offer.get("link") or "",
         "unsubscribe_url": unsubscribe_url or "",
     }
+
+
+def local_date(day: date, loc: Locale) -> str:
+    """A date as people write it where `loc` is spoken.
+
+    Thai customers read the Buddhist Era year (2026 CE is 2569 BE); babel formats only the
+    Gregorian calendar, so the year is written out here.
+    """
+    if loc.language == "th":
+        return f"{format_date(day, 'd MMMM', locale=loc)} {day.year + 543}"
+    return format_date(day, format="long", locale=loc)
 
 
 def choose(variants: Sequence[Mapping[Any, Any]], locale: str | None) -> Mapping[Any, Any] | None:
