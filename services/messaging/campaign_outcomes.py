@@ -146,7 +146,8 @@ async def arm_counts(
             variant.label("variant"),
             ledger.c.id,
             conversions.c.currency,
-            sa.func.sum(conversions.c.total_minor).label("revenue"),
+            # Net of refunds (see `conversions`).
+            sa.func.sum(conversions.c.total_minor - conversions.c.refunded_minor).label("revenue"),
         )
         .join(conversions, conversions.c.customer_id == ledger.c.customer_id)
         .where(

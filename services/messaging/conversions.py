@@ -11,9 +11,10 @@ copy from an outside system changes nothing), with its revenue; `send_id` is nul
 message is attributable. Those rows let a report compare a holdout arm, which was sent
 nothing, with the arms that were.
 
-Refunds are ignored: a conversion records that the customer bought after the message,
-and revenue is reported as purchased. Netting refunds would need `purchase.refunded`
-handled here as well; that is a reporting refinement left for later.
+Refunds are netted out of revenue: each `purchase.refunded` is stored once by its id and
+raises the conversion's `refunded_minor` (never beyond the total); a refund that arrives
+before its purchase is counted when the purchase is stored. A refunded purchase still
+counts as a conversion (the customer did buy after the message); revenue is net.
 """
 
 from __future__ import annotations
@@ -24,9 +25,15 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.messaging.models import campaigns, conversions, recipients, sends
+from services.messaging.models import (
+    campaigns,
+    conversion_refunds,
+    conversions,
+    recipients,
+    sends,
+)
 from shared.db import merges
-from shared.events.purchases import PurchaseCompleted
+from shared.events.purchases import PurchaseCompleted, PurchaseRefunded
 
 SENT_STATUSES = ("sent", "delivered")
 CAMPAIGN_PREFIX = "campaign:"
@@ -58,6 +65,44 @@ async def attributable_send(
     return None if found is None else uuid.UUID(str(found))
 
 
+async def record_refund(session: AsyncSession, event: PurchaseRefunded) -> bool:
+    """Net a refund out of its purchase's revenue, once; False when already counted."""
+    stored = await session.execute(
+        insert(conversion_refunds)
+        .values(
+            refund_id=event.refund_id,
+            purchase_id=event.purchase_id,
+            amount_minor=event.amount_minor,
+        )
+        .on_conflict_do_nothing(index_elements=[conversion_refunds.c.refund_id])
+        .returning(conversion_refunds.c.refund_id)
+    )
+    if stored.first() is None:
+        return False
+    await session.execute(
+        sa.update(conversions)
+        .where(conversions.c.purchase_id == event.purchase_id)
+        .values(
+            refunded_minor=sa.func.least(
+                conversions.c.total_minor, conversions.c.refunded_minor + event.amount_minor
+            )
+        )
+    )
+    return True
+
+
+async def _refunded_before(session: AsyncSession, purchase_id: uuid.UUID) -> int:
+    """Refunds stored before their purchase arrived."""
+    total = (
+        await session.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(conversion_refunds.c.amount_minor), 0)).where(
+                conversion_refunds.c.purchase_id == purchase_id
+            )
+        )
+    ).scalar_one()
+    return int(total)
+
+
 async def record_purchase(
     session: AsyncSession, event: PurchaseCompleted, customer_id: uuid.UUID, default_days: int
 ) -> bool:
@@ -71,6 +116,9 @@ async def record_purchase(
             send_id=send_id,
             currency=event.currency,
             total_minor=event.total_minor,
+            refunded_minor=min(
+                event.total_minor, await _refunded_before(session, event.purchase_id)
+            ),
             purchased_at=event.purchased_at,
         )
         .on_conflict_do_nothing(index_elements=[conversions.c.purchase_id])

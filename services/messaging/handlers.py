@@ -42,7 +42,7 @@ from shared.events.loyalty import (
     PointsRedeemed,
     TierChanged,
 )
-from shared.events.purchases import PurchaseCompleted
+from shared.events.purchases import PurchaseCompleted, PurchaseRefunded
 from shared.events.referrals import ReferralRewarded
 from shared.events.scoring import CustomerScored, SegmentEntered, SegmentExited
 from shared.pipeline.consumer import Handler
@@ -165,6 +165,11 @@ def customer_handler(step: Step, settings: Settings) -> Handler:
     return handle
 
 
+async def apply_refund(session: AsyncSession, event: PurchaseRefunded, _: EventEnvelope) -> None:
+    """Net a refund out of the conversion revenue it belongs to (once per refund)."""
+    await conversions.record_refund(session, event)
+
+
 async def apply_merge(session: AsyncSession, event: CustomerMerged, _: EventEnvelope) -> None:
     """Fold the duplicate into the survivor (once per duplicate)."""
     await merging.merge(session, event, datetime.now(UTC))
@@ -197,4 +202,8 @@ def handlers(settings: Settings) -> dict[type[Event], Handler]:
     table: dict[type[Event], Handler] = {
         model: customer_handler(step, settings) for model, step in steps.items()
     }
-    return table | {CustomerMerged: apply_merge, CustomerErased: apply_erasure}
+    return table | {
+        CustomerMerged: apply_merge,
+        CustomerErased: apply_erasure,
+        PurchaseRefunded: apply_refund,
+    }

@@ -134,7 +134,16 @@ conversions = sa.Table(
     sa.Column("send_id", sa.Uuid),
     sa.Column("currency", sa.Text, nullable=False),
     sa.Column("total_minor", sa.BigInteger, nullable=False),
+    sa.Column("refunded_minor", sa.BigInteger, nullable=False, server_default="0"),
     _at("purchased_at", nullable=False),
+)
+
+conversion_refunds = sa.Table(
+    "conversion_refunds",
+    metadata,
+    sa.Column("refund_id", sa.Uuid, primary_key=True),
+    sa.Column("purchase_id", sa.Uuid, nullable=False),
+    sa.Column("amount_minor", sa.BigInteger, nullable=False),
 )
 
 surveys = sa.Table(

@@ -10,7 +10,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.messaging.models import campaigns, conversions
-from shared.events.purchases import PurchaseCompleted
+from shared.events.purchases import PurchaseCompleted, PurchaseRefunded
 from shared.settings import Settings
 from tests.services.messaging.test_handlers import add_send, merged
 from tests.services.messaging.test_recipients import T0, deliver, signup
@@ -129,3 +129,53 @@ async def test_a_message_to_a_merged_duplicate_converts_for_the_survivor(
     purchase = await buy(sessions, settings, duplicate, T0 + timedelta(days=1))
     got = await conversion(sessions, purchase)
     assert (got.customer_id, got.send_id) == (survivor, send)
+
+
+async def test_refunds_are_netted_out_of_revenue_once(
+    sessions: Sessions, settings: Settings
+) -> None:
+    customer = uuid.uuid4()
+    purchase = await buy(sessions, settings, customer, T0, total=5_000)
+    refund = PurchaseRefunded(
+        refund_id=uuid.uuid4(),
+        purchase_id=purchase.purchase_id,
+        customer_id=customer,
+        currency="MYR",
+        amount_minor=1_500,
+        refunded_at=T0 + timedelta(days=1),
+    )
+    await deliver(sessions, settings, refund)
+    await deliver(sessions, settings, refund)  # a redelivery counts once
+    assert (await conversion(sessions, purchase)).refunded_minor == 1_500
+    too_much = refund.model_copy(update={"refund_id": uuid.uuid4(), "amount_minor": 9_000})
+    await deliver(sessions, settings, too_much)
+    assert (await conversion(sessions, purchase)).refunded_minor == 5_000  # never beyond
+
+
+async def test_a_refund_before_its_purchase_counts_when_the_purchase_arrives(
+    sessions: Sessions, settings: Settings
+) -> None:
+    customer = uuid.uuid4()
+    purchase_id = uuid.uuid4()
+    await deliver(
+        sessions,
+        settings,
+        PurchaseRefunded(
+            refund_id=uuid.uuid4(),
+            purchase_id=purchase_id,
+            customer_id=customer,
+            currency="MYR",
+            amount_minor=700,
+            refunded_at=T0,
+        ),
+    )
+    purchase = PurchaseCompleted(
+        purchase_id=purchase_id,
+        customer_id=customer,
+        order_id="late-1",
+        currency="MYR",
+        total_minor=2_000,
+        purchased_at=T0,
+    )
+    await deliver(sessions, settings, purchase)
+    assert (await conversion(sessions, purchase)).refunded_minor == 700
