@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from datetime import timedelta
+import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -19,9 +20,12 @@ from crm.services import ALL_SERVICES, by_name
 from services.scoring.cli import app as scoring_app
 from shared.auth import Scope, issue_token, signing_key
 from shared.events import EVENTS
+from shared.events.platform import DEAD_LETTER_TOPIC
 from shared.events.schema import render
 from shared.http.app import create_app
 from shared.logging import configure_logging
+from shared.pipeline.dead_letters import DeadLetter, replay_matching
+from shared.pipeline.topics import TopicReport, ensure_eventlog_topics, ensure_kafka_topics
 from shared.runtime import Runtime
 from shared.service import ServiceDefinition
 from shared.settings import Settings
@@ -32,7 +36,9 @@ app = typer.Typer(
 token_app = typer.Typer(help="Bearer tokens.", no_args_is_help=True)
 events_app = typer.Typer(help="The event contract.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+topics_app = typer.Typer(help="Broker topics.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
+app.add_typer(topics_app, name="topics")
 app.add_typer(scoring_app, name="scoring")
 
 ServiceName = Annotated[
@@ -161,3 +167,102 @@ def events_schema(
         typer.echo(document, nl=False)
     else:
         output.write_text(document)
+
+
+@topics_app.command("ensure")
+def topics_ensure() -> None:
+    """Create every topic the services publish and consume, and the dead-letter topic.
+
+    Kafka: with CRM_KAFKA_PARTITIONS and CRM_KAFKA_REPLICATION_FACTOR; retention is the
+    broker's default. PostgreSQL transport: migrates the event log and fixes each topic's
+    partition count (CRM_EVENTLOG_PARTITIONS). Existing topics are left as they are.
+    """
+    settings = _settings()
+    report = asyncio.run(_ensure_topics(settings))
+    for name in report.created:
+        typer.echo(f"created: {name}")
+    for name in report.existed:
+        typer.echo(f"exists:  {name}")
+
+
+async def _ensure_topics(settings: Settings) -> TopicReport:
+    runtime = Runtime(settings, list(ALL_SERVICES))
+    topics = sorted({*runtime.registry_topics(), DEAD_LETTER_TOPIC})
+    if settings.transport == "kafka":
+        return await ensure_kafka_topics(settings, topics)
+    try:
+        await runtime.open_databases()
+        engine = runtime.engine(ALL_SERVICES[0].name)
+        return await ensure_eventlog_topics(engine, settings.eventlog_partitions, topics)
+    finally:
+        await runtime.stop()
+
+
+@events_app.command("replay-dead-letters")
+def events_replay_dead_letters(
+    service: Annotated[str, typer.Option(help="The consuming service whose dead letters")],
+    event_id: Annotated[
+        list[uuid.UUID] | None,
+        typer.Option("--event-id", help="An original event id; repeat for several"),
+    ] = None,
+    event_type: Annotated[
+        str | None, typer.Option("--type", help="Only dead letters of this event type")
+    ] = None,
+    since: Annotated[
+        datetime | None, typer.Option(help="Only dead letters written at or after this time")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="List what would be replayed; change nothing")] = (
+        False
+    ),
+) -> None:
+    """Re-publish chosen dead letters onto their original topics, after a fix.
+
+    Dead letters are read from SERVICE's outbox (rows of type event.dead_lettered, which
+    the relay keeps after publishing). Each original message is published again with its
+    original key, bytes and event id, through the configured transport.
+
+    The consumer that gave up on an event recorded it in its inbox with outcome
+    dead_lettered, not applied; an inbox row makes a consumer skip the event id, so
+    replay first deletes those dead_lettered rows (of that consumer group only), then
+    publishes. Groups that had applied the event skip the replay via their inbox.
+    """
+    settings = _settings()
+    definition = _service(service)
+    letters = asyncio.run(
+        _replay(settings, definition, event_id or [], event_type, since, dry_run=dry_run)
+    )
+    verb = "would replay" if dry_run else "replayed"
+    for letter in letters:
+        typer.echo(
+            f"{verb}: {letter.event_id or '(unparseable)'} {letter.event_type or '-'} "
+            f"-> {letter.message.topic}  ({letter.reason})"
+        )
+    typer.echo(f"{verb} {len(letters)} dead letter(s) of {definition.name}")
+
+
+async def _replay(
+    settings: Settings,
+    service: ServiceDefinition,
+    event_ids: list[uuid.UUID],
+    event_type: str | None,
+    since: datetime | None,
+    *,
+    dry_run: bool,
+) -> list[DeadLetter]:
+    runtime = Runtime(settings, [service])
+    try:
+        if dry_run:
+            await runtime.open_databases()
+        else:
+            await runtime.start(migrate_schemas=False)
+        return await replay_matching(
+            runtime.sessions(service.name),
+            service.schema,
+            runtime.transport,
+            event_ids=event_ids,
+            event_type=event_type,
+            since=since,
+            dry_run=dry_run,
+        )
+    finally:
+        await runtime.stop()
