@@ -5,14 +5,11 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
+from shared.db.columns import timestamptz
 from shared.pipeline.tables import NAMING_CONVENTION
 
 SCHEMA = "messaging"
 metadata = sa.MetaData(schema=SCHEMA, naming_convention=NAMING_CONVENTION)
-
-
-def _at(name: str, nullable: bool = True) -> sa.Column[object]:
-    return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable)
 
 
 recipients = sa.Table(
@@ -35,14 +32,14 @@ recipients = sa.Table(
     sa.Column("tier", sa.Text),
     sa.Column("points_balance", sa.BigInteger),
     sa.Column("expiring_points", sa.BigInteger),
-    _at("expiring_at"),
+    timestamptz("expiring_at"),
     sa.Column("churn_band", sa.Text),
     sa.Column("churn_risk", sa.Float),
     sa.Column("clv", sa.Float),
     sa.Column("rfm_segment", sa.Text),
-    _at("signed_up_at"),
-    _at("last_purchase_at"),
-    _at("updated_at", nullable=False),
+    timestamptz("signed_up_at"),
+    timestamptz("last_purchase_at"),
+    timestamptz("updated_at", nullable=False),
     # {fact group: event time that set it}, so late copies change nothing (migration 0003).
     sa.Column("facts_at", JSONB, nullable=False, server_default="{}"),
 )
@@ -53,7 +50,7 @@ segment_members = sa.Table(
     sa.Column("segment_id", sa.Uuid, primary_key=True),
     sa.Column("customer_id", sa.Uuid, primary_key=True),
     sa.Column("segment_name", sa.Text, nullable=False),
-    _at("entered_at", nullable=False),
+    timestamptz("entered_at", nullable=False),
 )
 
 templates = sa.Table(
@@ -65,8 +62,8 @@ templates = sa.Table(
     sa.Column("locale", sa.Text, nullable=False),
     sa.Column("subject", sa.Text),
     sa.Column("body", sa.Text, nullable=False),
-    _at("created_at", nullable=False),
-    _at("updated_at", nullable=False),
+    timestamptz("created_at", nullable=False),
+    timestamptz("updated_at", nullable=False),
 )
 
 campaigns = sa.Table(
@@ -84,10 +81,10 @@ campaigns = sa.Table(
     sa.Column("experiment", JSONB),
     sa.Column("attribution_days", sa.Integer, nullable=False),
     sa.Column("created_by", sa.Text),
-    _at("created_at", nullable=False),
-    _at("started_at"),
-    _at("completed_at"),
-    _at("updated_at", nullable=False),
+    timestamptz("created_at", nullable=False),
+    timestamptz("started_at"),
+    timestamptz("completed_at"),
+    timestamptz("updated_at", nullable=False),
 )
 
 triggers = sa.Table(
@@ -99,7 +96,7 @@ triggers = sa.Table(
     sa.Column("template", sa.Text),
     sa.Column("offer", JSONB),
     sa.Column("options", JSONB, nullable=False),
-    _at("updated_at", nullable=False),
+    timestamptz("updated_at", nullable=False),
 )
 
 sends = sa.Table(
@@ -113,17 +110,17 @@ sends = sa.Table(
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("reason", sa.Text),
     sa.Column("payload", JSONB),
-    _at("not_before", nullable=False),
+    timestamptz("not_before", nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("provider_message_id", sa.Text),
     sa.Column("last_error", sa.Text),
-    _at("created_at", nullable=False),
-    _at("reserved_at"),
-    _at("sent_at"),
-    _at("delivered_at"),
-    _at("opened_at"),
-    _at("clicked_at"),
-    _at("failed_at"),
+    timestamptz("created_at", nullable=False),
+    timestamptz("reserved_at"),
+    timestamptz("sent_at"),
+    timestamptz("delivered_at"),
+    timestamptz("opened_at"),
+    timestamptz("clicked_at"),
+    timestamptz("failed_at"),
 )
 
 conversions = sa.Table(
@@ -135,7 +132,7 @@ conversions = sa.Table(
     sa.Column("currency", sa.Text, nullable=False),
     sa.Column("total_minor", sa.BigInteger, nullable=False),
     sa.Column("refunded_minor", sa.BigInteger, nullable=False, server_default="0"),
-    _at("purchased_at", nullable=False),
+    timestamptz("purchased_at", nullable=False),
 )
 
 conversion_refunds = sa.Table(
@@ -153,7 +150,7 @@ surveys = sa.Table(
     sa.Column("name", sa.Text, nullable=False),
     sa.Column("kind", sa.Text, nullable=False),
     sa.Column("questions", JSONB, nullable=False),
-    _at("created_at", nullable=False),
+    timestamptz("created_at", nullable=False),
 )
 
 survey_responses = sa.Table(
@@ -165,5 +162,5 @@ survey_responses = sa.Table(
     sa.Column("send_id", sa.Uuid),
     sa.Column("score", sa.SmallInteger),
     sa.Column("answers", JSONB, nullable=False),
-    _at("answered_at", nullable=False),
+    timestamptz("answered_at", nullable=False),
 )

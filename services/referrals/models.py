@@ -5,14 +5,11 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
+from shared.db.columns import timestamptz
 from shared.pipeline.tables import NAMING_CONVENTION
 
 SCHEMA = "referrals"
 metadata = sa.MetaData(schema=SCHEMA, naming_convention=NAMING_CONVENTION)
-
-
-def _at(name: str, nullable: bool = True) -> sa.Column[object]:
-    return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable)
 
 
 customers = sa.Table(
@@ -24,8 +21,8 @@ customers = sa.Table(
     sa.Column("phone_key", sa.Text),
     sa.Column("tier", sa.Text),
     sa.Column("merged_into", sa.Uuid),
-    _at("signed_up_at"),
-    _at("updated_at", nullable=False),
+    timestamptz("signed_up_at"),
+    timestamptz("updated_at", nullable=False),
 )
 
 codes = sa.Table(
@@ -33,19 +30,19 @@ codes = sa.Table(
     metadata,
     sa.Column("code", sa.Text, primary_key=True),
     sa.Column("customer_id", sa.Uuid, nullable=False),
-    _at("created_at", nullable=False),
-    _at("replaced_at"),
+    timestamptz("created_at", nullable=False),
+    timestamptz("replaced_at"),
 )
 
 programmes = sa.Table(
     "programmes",
     metadata,
     sa.Column("version", sa.Integer, sa.Identity(), primary_key=True),
-    _at("starts_at", nullable=False),
-    _at("ends_at"),
+    timestamptz("starts_at", nullable=False),
+    timestamptz("ends_at"),
     sa.Column("rules", JSONB, nullable=False),
     sa.Column("created_by", sa.Text),
-    _at("created_at", nullable=False),
+    timestamptz("created_at", nullable=False),
 )
 
 referrals = sa.Table(
@@ -59,14 +56,14 @@ referrals = sa.Table(
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("flag_reasons", ARRAY(sa.Text), nullable=False),
     sa.Column("programme_version", sa.Integer),
-    _at("attributed_at", nullable=False),
+    timestamptz("attributed_at", nullable=False),
     sa.Column("purchase_id", sa.Uuid),
-    _at("qualified_at"),
-    _at("closed_at"),
+    timestamptz("qualified_at"),
+    timestamptz("closed_at"),
     sa.Column("note", sa.Text),
     sa.Column("reviewed_by", sa.Text),
-    _at("reviewed_at"),
-    _at("created_at", nullable=False),
+    timestamptz("reviewed_at"),
+    timestamptz("created_at", nullable=False),
 )
 
 rewards = sa.Table(
@@ -78,8 +75,8 @@ rewards = sa.Table(
     sa.Column("role", sa.Text, nullable=False),
     sa.Column("points", sa.BigInteger, nullable=False),
     sa.Column("status", sa.Text, nullable=False),
-    _at("rewarded_at", nullable=False),
-    _at("reversed_at"),
+    timestamptz("rewarded_at", nullable=False),
+    timestamptz("reversed_at"),
 )
 
 purchases = sa.Table(
@@ -90,7 +87,7 @@ purchases = sa.Table(
     sa.Column("currency", sa.Text, nullable=False),
     sa.Column("total_minor", sa.BigInteger, nullable=False),
     sa.Column("refunded_minor", sa.BigInteger, nullable=False),
-    _at("purchased_at", nullable=False),
+    timestamptz("purchased_at", nullable=False),
 )
 
 refunds = sa.Table(
@@ -99,7 +96,7 @@ refunds = sa.Table(
     sa.Column("id", sa.Uuid, primary_key=True),
     sa.Column("purchase_id", sa.Uuid, nullable=False),
     sa.Column("amount_minor", sa.BigInteger, nullable=False),
-    _at("refunded_at", nullable=False),
+    timestamptz("refunded_at", nullable=False),
 )
 
 fingerprints = sa.Table(
@@ -108,5 +105,5 @@ fingerprints = sa.Table(
     sa.Column("customer_id", sa.Uuid, primary_key=True),
     sa.Column("kind", sa.Text, primary_key=True),
     sa.Column("value", sa.Text, primary_key=True),
-    _at("seen_at", nullable=False),
+    timestamptz("seen_at", nullable=False),
 )

@@ -5,14 +5,11 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
+from shared.db.columns import timestamptz
 from shared.pipeline.tables import NAMING_CONVENTION
 
 SCHEMA = "scoring"
 metadata = sa.MetaData(schema=SCHEMA, naming_convention=NAMING_CONVENTION)
-
-
-def _at(name: str, nullable: bool = True) -> sa.Column[object]:
-    return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable)
 
 
 customers = sa.Table(
@@ -21,13 +18,13 @@ customers = sa.Table(
     sa.Column("customer_id", sa.Uuid, primary_key=True),
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("merged_into", sa.Uuid),
-    _at("signed_up_at"),
+    timestamptz("signed_up_at"),
     sa.Column("tier", sa.Text),
     sa.Column("locale", sa.Text),
     sa.Column("points_balance", sa.BigInteger),
-    _at("points_balance_at"),
-    _at("first_purchase_at"),
-    _at("last_purchase_at"),
+    timestamptz("points_balance_at"),
+    timestamptz("first_purchase_at"),
+    timestamptz("last_purchase_at"),
     sa.Column("first_day", sa.Date),
     sa.Column("last_day", sa.Date),
     sa.Column("orders", sa.Integer, nullable=False),
@@ -47,9 +44,9 @@ customers = sa.Table(
     sa.Column("rfm_f", sa.SmallInteger),
     sa.Column("rfm_m", sa.SmallInteger),
     sa.Column("rfm_segment", sa.Text),
-    _at("scored_at"),
+    timestamptz("scored_at"),
     sa.Column("published", JSONB),
-    _at("updated_at", nullable=False),
+    timestamptz("updated_at", nullable=False),
 )
 
 purchases = sa.Table(
@@ -63,7 +60,7 @@ purchases = sa.Table(
     sa.Column("refunded_minor", sa.BigInteger, nullable=False),
     sa.Column("store_id", sa.Text),
     sa.Column("channel", sa.Text, nullable=False),
-    _at("purchased_at", nullable=False),
+    timestamptz("purchased_at", nullable=False),
 )
 
 refunds = sa.Table(
@@ -72,7 +69,7 @@ refunds = sa.Table(
     sa.Column("id", sa.Uuid, primary_key=True),
     sa.Column("purchase_id", sa.Uuid, nullable=False),
     sa.Column("amount_minor", sa.BigInteger, nullable=False),
-    _at("refunded_at", nullable=False),
+    timestamptz("refunded_at", nullable=False),
 )
 
 fits = sa.Table(
@@ -87,8 +84,8 @@ fits = sa.Table(
     sa.Column("customers", sa.Integer, nullable=False),
     sa.Column("diagnostics", JSONB, nullable=False),
     sa.Column("trigger", sa.Text, nullable=False),
-    _at("as_of", nullable=False),
-    _at("created_at", nullable=False),
+    timestamptz("as_of", nullable=False),
+    timestamptz("created_at", nullable=False),
 )
 
 segments = sa.Table(
@@ -98,8 +95,8 @@ segments = sa.Table(
     sa.Column("name", sa.Text, nullable=False, unique=True),
     sa.Column("rule", sa.Text, nullable=False),
     sa.Column("description", sa.Text),
-    _at("created_at", nullable=False),
-    _at("updated_at", nullable=False),
+    timestamptz("created_at", nullable=False),
+    timestamptz("updated_at", nullable=False),
 )
 
 segment_members = sa.Table(
@@ -107,5 +104,5 @@ segment_members = sa.Table(
     metadata,
     sa.Column("segment_id", sa.Uuid, primary_key=True),
     sa.Column("customer_id", sa.Uuid, primary_key=True),
-    _at("entered_at", nullable=False),
+    timestamptz("entered_at", nullable=False),
 )
