@@ -26,6 +26,7 @@ from shared.http.app import create_app
 from shared.logging import configure_logging
 from shared.pipeline.dead_letters import DeadLetter, replay_matching
 from shared.pipeline.topics import TopicReport, ensure_eventlog_topics, ensure_kafka_topics
+from shared.probe_server import start_probe_server
 from shared.runtime import Runtime
 from shared.service import ServiceDefinition
 from shared.settings import Settings
@@ -99,7 +100,11 @@ def serve(service: ServiceName) -> None:
 
 @app.command()
 def worker(service: ServiceName) -> None:
-    """Run one service's outbox relay and event consumers until SIGTERM."""
+    """Run one service's outbox relay, event consumers and scheduled jobs until SIGTERM.
+
+    /healthz and /metrics are served on CRM_METRICS_PORT. SIGTERM lets the batch in hand
+    commit, within CRM_SHUTDOWN_GRACE_SECONDS, then exits 0.
+    """
     settings = _settings()
     asyncio.run(_run_worker(settings, _service(service)))
 
@@ -112,11 +117,16 @@ async def _run_worker(settings: Settings, service: ServiceDefinition) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     runtime.start_workers()
+    probes = None
+    if settings.metrics_port:
+        probes = await start_probe_server(settings.host, settings.metrics_port)
     typer.echo(f"{service.name} worker running; SIGTERM stops it after the batch in hand")
     try:
         await stop.wait()
     finally:
         await runtime.stop()
+        if probes is not None:
+            probes.close()
 
 
 @app.command("migrate")
@@ -173,8 +183,8 @@ def events_schema(
 def topics_ensure() -> None:
     """Create every topic the services publish and consume, and the dead-letter topic.
 
-    Kafka: with CRM_KAFKA_PARTITIONS and CRM_KAFKA_REPLICATION_FACTOR; retention is the
-    broker's default. PostgreSQL transport: migrates the event log and fixes each topic's
+    Kafka: with CRM_KAFKA_PARTITIONS, CRM_KAFKA_REPLICATION_FACTOR and
+    CRM_KAFKA_RETENTION_HOURS. PostgreSQL transport: migrates the event log and fixes each topic's
     partition count (CRM_EVENTLOG_PARTITIONS). Existing topics are left as they are.
     """
     settings = _settings()

@@ -3,6 +3,11 @@
 Scopes: `admin` (everything), `pos` (the till: purchases, redemptions, lookups) and `read`
 (read-only). A POS token may name the store it belongs to. Each service verifies tokens
 locally; there is no token service to call.
+
+Keys rotate without downtime through a key ring (`CRM_JWT_KEYS`): each token names its
+key in the `kid` header, every process verifies with any key of the ring, and only
+`CRM_JWT_SIGNING_KEY_ID` signs. Give every process the new key first, then switch the
+signing id, then drop the old key once its last tokens have expired.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import os
 import secrets
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -88,6 +94,56 @@ def signing_key(settings: Settings) -> tuple[str, bool]:
     return key, True
 
 
+@dataclass(frozen=True)
+class KeyRing:
+    """The keys tokens and signed links are verified with, and the one that signs.
+
+    `unkeyed` verifies tokens without a `kid`: those signed before a ring was configured,
+    with `CRM_JWT_SECRET` or the generated key.
+    """
+
+    signing_kid: str | None
+    signing_secret: str
+    by_kid: Mapping[str, str]
+    unkeyed: str
+
+    def encode(self, claims: Mapping[str, Any]) -> str:
+        """`claims` signed with the signing key, which the header names."""
+        headers = {"kid": self.signing_kid} if self.signing_kid is not None else None
+        return jwt.encode(dict(claims), self.signing_secret, algorithm=ALGORITHM, headers=headers)
+
+    def decode(self, token: str, **options: Any) -> dict[str, Any]:
+        """The verified claims of `token`, checked with the key its `kid` names.
+
+        Raises PyJWT's errors, as `jwt.decode` does; an unknown `kid` is an invalid token.
+        """
+        kid = jwt.get_unverified_header(token).get("kid")
+        if kid is None:
+            key = self.unkeyed
+        elif isinstance(kid, str) and kid in self.by_kid:
+            key = self.by_kid[kid]
+        else:
+            raise jwt.InvalidKeyError(f"the token names an unknown key id {kid!r}")
+        claims: dict[str, Any] = jwt.decode(token, key, algorithms=[ALGORITHM], **options)
+        return claims
+
+    def secrets(self) -> list[str]:
+        """Every key, the signing one first: for signatures that carry no key id."""
+        keys = [self.signing_secret, *self.by_kid.values(), self.unkeyed]
+        return list(dict.fromkeys(keys))
+
+
+def key_ring(settings: Settings) -> KeyRing:
+    """The ring of `CRM_JWT_KEYS`, or a ring of the single legacy key when none is set."""
+    legacy = signing_key(settings)[0] if settings.jwt_secret or not settings.jwt_keys else None
+    if not settings.jwt_keys:
+        assert legacy is not None
+        return KeyRing(None, legacy, {}, legacy)
+    keys = {kid: secret.get_secret_value() for kid, secret in settings.jwt_keys.items()}
+    kid = settings.jwt_signing_key_id or next(iter(keys))
+    return KeyRing(kid, keys[kid], keys, legacy or keys[kid])
+
+
 def issue_token(
     settings: Settings,
     *,
@@ -95,7 +151,7 @@ def issue_token(
     scopes: list[Scope],
     store_id: str | None = None,
     ttl: timedelta = timedelta(days=30),
-    key: str | None = None,
+    ring: KeyRing | None = None,
 ) -> str:
     """A signed token for `subject` with `scopes`, valid for `ttl`."""
     now = datetime.now(UTC)
@@ -110,23 +166,21 @@ def issue_token(
     }
     if store_id is not None:
         claims["store"] = store_id
-    return jwt.encode(claims, key or signing_key(settings)[0], algorithm=ALGORITHM)
+    return (ring or key_ring(settings)).encode(claims)
 
 
 class TokenVerifier:
     """Checks signatures and claims; built once per app from the settings."""
 
-    def __init__(self, settings: Settings, key: str) -> None:
+    def __init__(self, settings: Settings, ring: KeyRing) -> None:
         self._settings = settings
-        self._key = key
+        self._ring = ring
 
     def verify(self, token: str) -> Principal:
         """The principal of a valid token; a 401 problem otherwise."""
         try:
-            claims = jwt.decode(
+            claims = self._ring.decode(
                 token,
-                self._key,
-                algorithms=[ALGORITHM],
                 audience=self._settings.jwt_audience,
                 issuer=self._settings.jwt_issuer,
                 options={"require": ["exp", "sub", "iss", "aud"]},

@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 
 import jwt
 
-from shared.auth import ALGORITHM, signing_key
+from shared.auth import key_ring
 from shared.events.contacts import Channel
 from shared.http.problems import Problem
 from shared.settings import Settings
@@ -92,16 +92,14 @@ def issue(
     }
     if content.address_hash is not None:
         claims["adr"] = content.address_hash
-    return jwt.encode(claims, signing_key(settings)[0], algorithm=ALGORITHM), content
+    return key_ring(settings).encode(claims), content
 
 
 def verify(settings: Settings, purpose: Purpose, token: str) -> ConsentToken:
     """The content of a valid token for `purpose`; a 400 problem otherwise."""
     try:
-        claims = jwt.decode(
+        claims = key_ring(settings).decode(
             token,
-            signing_key(settings)[0],
-            algorithms=[ALGORITHM],
             audience=AUDIENCES[purpose],
             issuer=settings.jwt_issuer,
             options={"require": ["exp", "sub", "aud", "iss", "jti", "ch"]},

@@ -6,7 +6,7 @@ service in a process reports into the same families, labelled by service.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 HTTP_REQUESTS = Counter(
     "crm_http_requests_total",
@@ -21,6 +21,12 @@ HTTP_LATENCY = Histogram(
 EVENTS_PUBLISHED = Counter(
     "crm_events_published_total",
     "Outbox rows the relay handed to the transport, by service schema.",
+    ["schema"],
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "crm_outbox_oldest_unpublished_age_seconds",
+    "Age of the oldest outbox row not yet published (0 when none waits), by service schema;"
+    " every worker replica reports it, the relay's standbys too, so a stuck relay shows.",
     ["schema"],
 )
 EVENTS_CONSUMED = Counter(

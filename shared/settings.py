@@ -9,12 +9,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CRM_"
 
 SERVICE_NAMES: tuple[str, ...] = ("contacts", "loyalty", "referrals", "scoring", "messaging")
+
+REQUIRED_IN_PRODUCTION: tuple[str, ...] = (
+    "CRM_DATABASE_URL",
+    "CRM_TRANSPORT",
+    "CRM_KAFKA_BOOTSTRAP_SERVERS",
+    "CRM_JWT_KEYS",
+    "CRM_JWT_SIGNING_KEY_ID",
+    "CRM_PUBLIC_BASE_URL",
+)
+"""What every process of a multi-process deployment must be given.
+
+The defaults of these suit one process on one box (`crm up`): an embedded database, the
+PostgreSQL transport, a key generated into the data folder, links to localhost. Replicas
+of a real deployment would each invent their own, so the manifests must set them.
+"""
 
 
 class Settings(BaseSettings):
@@ -46,6 +61,11 @@ class Settings(BaseSettings):
     kafka_create_topics: bool = True
     kafka_partitions: int = Field(default=4, ge=1)
     kafka_replication_factor: int = Field(default=1, ge=1)
+    kafka_retention_hours: float = Field(
+        default=7 * 24,
+        gt=0,
+        description="Retention of the topics `crm topics ensure` creates (retention.ms).",
+    )
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1000)
     kafka_heartbeat_interval_ms: int = Field(default=1_000, ge=100)
     kafka_fetch_max_wait_ms: int = Field(
@@ -71,6 +91,14 @@ class Settings(BaseSettings):
     jwt_secret: SecretStr | None = Field(
         default=None,
         description="HMAC key for bearer tokens; generated into the data folder when empty.",
+    )
+    jwt_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='HMAC keys by key id, as JSON: {"2026-12": "..."}; tokens name theirs in'
+        " `kid`, so keys rotate without downtime. Overrides jwt_secret for signing.",
+    )
+    jwt_signing_key_id: str | None = Field(
+        default=None, description="The key of jwt_keys that signs new tokens and links."
     )
     jwt_issuer: str = "crm"
     jwt_audience: str = "crm"
@@ -217,12 +245,35 @@ class Settings(BaseSettings):
         default=7, ge=1, le=90, description="A purchase this soon after a message converts."
     )
 
+    metrics_port: int = Field(
+        default=9100,
+        ge=0,
+        le=65535,
+        description="`crm worker` serves /metrics and /healthz on this port (0: off).",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = "INFO"
     log_json: bool = True
 
+    @model_validator(mode="after")
+    def _signing_key_is_known(self) -> Settings:
+        """A key ring must say which key signs, and that key must be in it."""
+        if self.jwt_signing_key_id is not None and self.jwt_signing_key_id not in self.jwt_keys:
+            raise ValueError(
+                f"CRM_JWT_SIGNING_KEY_ID {self.jwt_signing_key_id!r} is not a key id of"
+                " CRM_JWT_KEYS"
+            )
+        if len(self.jwt_keys) > 1 and self.jwt_signing_key_id is None:
+            raise ValueError("CRM_JWT_KEYS holds several keys: set CRM_JWT_SIGNING_KEY_ID")
+        return self
+
     def database_url_for(self, service: str) -> str | None:
         """The URL a service uses: its own override, else the common one."""
         override: str | None = getattr(self, f"{service}_database_url", None)
         return override or self.database_url
+
+
+def known_environment_variables() -> frozenset[str]:
+    """Every environment variable a `Settings` reads; manifests may set no other `CRM_` name."""
+    return frozenset(ENV_PREFIX + name.upper() for name in Settings.model_fields)

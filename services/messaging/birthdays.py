@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.messaging import sends, triggers
 from services.messaging.models import recipients
-from shared.auth import signing_key
+from shared.auth import key_ring
 from shared.jobs import ScheduledJob
 from shared.settings import Settings
 
@@ -76,7 +76,7 @@ def send_at(local_today: date, zone: ZoneInfo, hour: int, now: datetime) -> date
 
 def voucher_code(settings: Settings, customer_id: uuid.UUID, year: int) -> str:
     """A code unique to the customer's birthday of `year`, reproducible from the key."""
-    key = signing_key(settings)[0].encode()
+    key = key_ring(settings).signing_secret.encode()
     digest = hmac.new(key, f"birthday:{customer_id}:{year}".encode(), hashlib.sha256).digest()
     number = int.from_bytes(digest[:8], "big")
     chars = []

@@ -27,7 +27,7 @@ from typing import Literal, cast, get_args
 from urllib.parse import urlencode, urlsplit
 
 from shared import consent_links
-from shared.auth import signing_key
+from shared.auth import key_ring
 from shared.events.contacts import Channel
 from shared.settings import Settings
 
@@ -93,15 +93,15 @@ def verify_open(settings: Settings, token: str) -> uuid.UUID:
     return uuid.UUID(bytes=data)
 
 
-def _mac(settings: Settings, purpose: _Purpose, data: bytes) -> bytes:
+def _mac(key: str, purpose: _Purpose, data: bytes) -> bytes:
     # The purpose label keeps a click token from passing as an open token and vice versa.
     label = f"crm:message-{purpose}".encode() + b"\0"
-    key = signing_key(settings)[0].encode()
-    return hmac.new(key, label + data, hashlib.sha256).digest()[:_TAG_BYTES]
+    return hmac.new(key.encode(), label + data, hashlib.sha256).digest()[:_TAG_BYTES]
 
 
 def _sign(settings: Settings, purpose: _Purpose, data: bytes) -> str:
-    return f"{_b64(data)}.{_b64(_mac(settings, purpose, data))}"
+    key = key_ring(settings).signing_secret
+    return f"{_b64(data)}.{_b64(_mac(key, purpose, data))}"
 
 
 def _verified(settings: Settings, purpose: _Purpose, token: str) -> bytes:
@@ -112,9 +112,12 @@ def _verified(settings: Settings, purpose: _Purpose, token: str) -> bytes:
         data, mac = _unb64(body), _unb64(tag)
     except (binascii.Error, ValueError) as exc:
         raise InvalidTrackingToken("Malformed tracking token.") from exc
-    if not hmac.compare_digest(mac, _mac(settings, purpose, data)):
-        raise InvalidTrackingToken("The tracking token's signature does not match.")
-    return data
+    # Links in mail already sent must keep working after a key rotation: any key of the
+    # ring may have signed them (the tag is too short to carry a key id).
+    for key in key_ring(settings).secrets():
+        if hmac.compare_digest(mac, _mac(key, purpose, data)):
+            return data
+    raise InvalidTrackingToken("The tracking token's signature does not match.")
 
 
 def _b64(raw: bytes) -> str:

@@ -24,7 +24,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.messaging.models import SCHEMA, segment_members, sends, survey_responses, surveys
-from shared.auth import ALGORITHM, signing_key
+from shared.auth import key_ring
 from shared.events.messaging import SurveyAnswered
 from shared.pipeline.outbox import add_event
 from shared.settings import Settings
@@ -81,16 +81,14 @@ def issue_token(settings: Settings, link: SurveyLink, now: datetime) -> str:
         "iat": int(now.timestamp()),
         "exp": int((now + LINK_TTL).timestamp()),
     }
-    return jwt.encode(claims, signing_key(settings)[0], algorithm=ALGORITHM)
+    return key_ring(settings).encode(claims)
 
 
 def verify_token(settings: Settings, survey_id: uuid.UUID, token: str) -> SurveyLink:
     """What a valid token for `survey_id` names; `InvalidLink` otherwise."""
     try:
-        claims = jwt.decode(
+        claims = key_ring(settings).decode(
             token,
-            signing_key(settings)[0],
-            algorithms=[ALGORITHM],
             audience=AUDIENCE,
             issuer=settings.jwt_issuer,
             options={"require": ["exp", "sub", "aud", "iss", "svy", "snd"]},

@@ -20,7 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import Scope
 
-from shared.auth import TokenVerifier, signing_key
+from shared.auth import TokenVerifier, key_ring
 from shared.http.idempotency import IdempotencyMiddleware
 from shared.http.limits import BodySizeLimitMiddleware
 from shared.http.middleware import RequestContextMiddleware
@@ -41,7 +41,7 @@ def create_app(
 ) -> FastAPI:
     """Build the ASGI app for `services`; nothing connects until the lifespan starts."""
     runtime = Runtime(settings, services)
-    verifier = TokenVerifier(settings, signing_key(settings)[0])
+    verifier = TokenVerifier(settings, key_ring(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

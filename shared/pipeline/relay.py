@@ -68,6 +68,7 @@ class Relay:
                     if await self._try_lead(connection):
                         await self._lead(connection)
                         return
+                    await self.observe_backlog(connection)
             except (OSError, DBAPIError, TransportError) as exc:
                 log.warning("relay.error", schema=self.schema, error=str(exc))
             finally:
@@ -89,8 +90,13 @@ class Relay:
         log.info("relay.leading", schema=self.schema)
         try:
             interval = self.poll_interval
+            observed = 0.0
             while not self._stopping.is_set():
                 moved = await self.relay_batch(connection)
+                now = asyncio.get_running_loop().time()
+                if moved and now - observed >= 1.0:  # a query per second, not per batch
+                    observed = now
+                    await self.observe_backlog(connection)
                 if moved >= self.batch_size:
                     continue
                 # Busy: look again soon. Idle: back off towards the idle interval, which
@@ -106,6 +112,26 @@ class Relay:
                     {"name": f"crm.relay.{self.schema}"},
                 )
                 await connection.commit()
+
+    async def observe_backlog(self, connection: AsyncConnection) -> float:
+        """Report how long the oldest unpublished row has waited, in seconds.
+
+        Standbys report it too: when the leader is stuck, its own figure freezes while
+        theirs keeps growing, and the alert on the maximum fires.
+        """
+        age = (
+            await connection.execute(
+                text(
+                    "SELECT extract(epoch FROM clock_timestamp() - created_at)"
+                    f' FROM "{self.schema}".outbox WHERE published_at IS NULL'
+                    " ORDER BY id LIMIT 1"  # the partial index's order: no scan of the backlog
+                )
+            )
+        ).scalar_one_or_none()
+        age = age or 0
+        await connection.commit()
+        metrics.OUTBOX_OLDEST_AGE.labels(self.schema).set(float(age))
+        return float(age)
 
     async def _sleep(self, seconds: float) -> None:
         try:
@@ -127,6 +153,7 @@ class Relay:
         ).all()
         await connection.commit()
         if not rows:
+            metrics.OUTBOX_OLDEST_AGE.labels(self.schema).set(0)
             await self._purge(connection)
             return 0
         await self.transport.publish(

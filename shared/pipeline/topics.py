@@ -21,7 +21,7 @@ from shared.pipeline.transports.postgres import SCHEMA as EVENTLOG_SCHEMA
 from shared.pipeline.transports.postgres import PostgresTransport
 from shared.settings import Settings
 
-__all__ = ["TopicReport", "ensure_eventlog_topics", "ensure_kafka_topics"]
+__all__ = ["TopicReport", "ensure_eventlog_topics", "ensure_kafka_topics", "retention_ms"]
 
 
 @dataclass
@@ -32,9 +32,14 @@ class TopicReport:
     existed: list[str] = field(default_factory=list)
 
 
+def retention_ms(settings: Settings) -> int:
+    """The configured retention in Kafka's unit."""
+    return round(settings.kafka_retention_hours * 3600 * 1000)
+
+
 async def ensure_kafka_topics(settings: Settings, topics: Sequence[str]) -> TopicReport:
-    """Create each of `topics` missing on the cluster, with the configured partitions and
-    replication factor; safe to run twice and from two processes at once."""
+    """Create each of `topics` missing on the cluster, with the configured partitions,
+    replication factor and retention; safe to run twice and from two processes at once."""
     report = TopicReport()
     admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
@@ -44,7 +49,12 @@ async def ensure_kafka_topics(settings: Settings, topics: Sequence[str]) -> Topi
             if name in existing:
                 report.existed.append(name)
                 continue
-            topic = NewTopic(name, settings.kafka_partitions, settings.kafka_replication_factor)
+            topic = NewTopic(
+                name,
+                settings.kafka_partitions,
+                settings.kafka_replication_factor,
+                topic_configs={"retention.ms": str(retention_ms(settings))},
+            )
             try:
                 await admin.create_topics([topic])
                 report.created.append(name)

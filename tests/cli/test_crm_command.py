@@ -184,9 +184,10 @@ def test_serve_runs_one_service_alone(data_dir: Path) -> None:
 
 
 def test_worker_stops_cleanly_on_sigterm(data_dir: Path) -> None:
+    metrics_port = free_port()
     process = subprocess.Popen(
         [*CRM, "worker", "scoring"],
-        env=environment(data_dir),
+        env=environment(data_dir, CRM_METRICS_PORT=str(metrics_port)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -194,6 +195,9 @@ def test_worker_stops_cleanly_on_sigterm(data_dir: Path) -> None:
     assert process.stdout is not None
     line = process.stdout.readline()  # printed once the relay and consumer are running
     assert "scoring worker running" in line
+    probes = f"http://127.0.0.1:{metrics_port}"
+    assert httpx.get(f"{probes}/healthz").text == "ok\n"
+    assert "crm_outbox_oldest_unpublished_age_seconds" in httpx.get(f"{probes}/metrics").text
     process.send_signal(signal.SIGTERM)
     _, logs = process.communicate(timeout=30)
     assert process.returncode == 0, logs

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm.cli import _ensure_topics
@@ -32,7 +33,10 @@ async def test_topics_ensure_creates_once_with_the_configured_partitions(
     kafka_broker: Broker,
 ) -> None:
     settings = Settings(
-        transport="kafka", kafka_bootstrap_servers=kafka_broker.bootstrap, kafka_partitions=3
+        transport="kafka",
+        kafka_bootstrap_servers=kafka_broker.bootstrap,
+        kafka_partitions=3,
+        kafka_retention_hours=36,
     )
     first = await _ensure_topics(settings)
     second = await _ensure_topics(settings)
@@ -45,9 +49,18 @@ async def test_topics_ensure_creates_once_with_the_configured_partitions(
     await admin.start()
     try:
         described = await admin.describe_topics(first.created)
+        configs = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in first.created]
+        )
     finally:
         await admin.close()
     assert {t["topic"]: len(t["partitions"]) for t in described} == dict.fromkeys(first.created, 3)
+    retention = {
+        resource[3]: {entry[0]: entry[1] for entry in resource[4]}.get("retention.ms")
+        for response in configs
+        for resource in response.resources
+    }
+    assert retention == dict.fromkeys(first.created, str(36 * 3600 * 1000))
 
 
 async def test_topics_ensure_on_postgres_fixes_the_event_log_partitions(

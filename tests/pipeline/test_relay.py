@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 from shared.pipeline.outbox import add_event
@@ -98,3 +99,42 @@ async def test_event_log_retention_drops_old_events(pipeline: Pipeline) -> None:
         )
     assert await transport.purge(older_than_hours=1) == 1
     assert await pipeline.scalar("SELECT count(*) FROM crm_events.event_log") == 2
+
+
+def _backlog_age() -> float | None:
+    return REGISTRY.get_sample_value(
+        "crm_outbox_oldest_unpublished_age_seconds", {"schema": SCHEMA}
+    )
+
+
+async def test_a_standby_reports_the_backlog_a_stuck_leader_leaves(pipeline: Pipeline) -> None:
+    async with pipeline.engine.connect() as stuck_leader:
+        await stuck_leader.execute(
+            text("SELECT pg_advisory_lock(hashtextextended(:name, 0))"),
+            {"name": f"crm.relay.{SCHEMA}"},
+        )
+        await stuck_leader.commit()
+        await pipeline.publish(pings(entities=1, per_entity=3))
+        standby = pipeline.relay()
+        standby.standby_interval = 0.1
+        pipeline.run(standby)
+
+        async def backlog_seen() -> bool:
+            return (_backlog_age() or 0) > 0.3
+
+        await wait_until(backlog_seen)
+        assert not standby.is_leader
+        await stuck_leader.execute(
+            text("SELECT pg_advisory_unlock(hashtextextended(:name, 0))"),
+            {"name": f"crm.relay.{SCHEMA}"},
+        )
+        await stuck_leader.commit()
+
+    async def drained() -> bool:
+        return standby.is_leader and _backlog_age() == 0
+
+    await wait_until(drained, timeout=10)
+    assert (
+        await pipeline.scalar(f"SELECT count(*) FROM {SCHEMA}.outbox WHERE published_at IS NULL")
+        == 0
+    )

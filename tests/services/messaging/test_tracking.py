@@ -372,3 +372,21 @@ async def test_campaign_results_count_deliveries_opens_and_clicks(
         "opened": 3,
         "clicked": 2,
     }
+
+
+def test_links_in_mail_already_sent_survive_a_key_rotation() -> None:
+    old, new = "old-ring-key-" * 4, "new-ring-key-" * 4
+    before = Settings(jwt_keys={"2026-06": SecretStr(old)}, jwt_signing_key_id="2026-06")
+    during = Settings(
+        jwt_keys={"2026-06": SecretStr(old), "2026-12": SecretStr(new)},
+        jwt_signing_key_id="2026-12",
+    )
+    after = Settings(jwt_keys={"2026-12": SecretStr(new)}, jwt_signing_key_id="2026-12")
+    send_id = uuid.uuid4()
+    sent_before = urlsplit(links.tracked_url(before, send_id, SHOP)).query.removeprefix("token=")
+    sent_during = urlsplit(links.tracked_url(during, send_id, SHOP)).query.removeprefix("token=")
+
+    assert links.verify_click(during, sent_before) == (send_id, SHOP)
+    assert links.verify_click(after, sent_during) == (send_id, SHOP)
+    with pytest.raises(links.InvalidTrackingToken):
+        links.verify_click(after, sent_before)
