@@ -111,17 +111,19 @@ def worker(service: ServiceName) -> None:
 
 async def _run_worker(settings: Settings, service: ServiceDefinition) -> None:
     runtime = Runtime(settings, [service])
-    await runtime.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    runtime.start_workers()
     probes = None
-    if settings.metrics_port:
-        probes = await start_probe_server(settings.host, settings.metrics_port)
-    typer.echo(f"{service.name} worker running; SIGTERM stops it after the batch in hand")
     try:
+        await runtime.start()
+        runtime.start_workers()
+        if settings.metrics_port:
+            probes = await start_probe_server(
+                settings.host, settings.metrics_port, runtime.failed_workers
+            )
+        typer.echo(f"{service.name} worker running; SIGTERM stops it after the batch in hand")
         await stop.wait()
     finally:
         await runtime.stop()

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import structlog
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from shared.db.engine import DATABASE_FAULTS
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -91,6 +91,6 @@ class JobRunner:
                         {"name": self.lock_name},
                     )
                     await connection.commit()
-        except (OSError, DBAPIError) as exc:
+        except DATABASE_FAULTS as exc:
             log.warning("job.failed", job=self.lock_name, error=str(exc))
             return None

@@ -149,6 +149,10 @@ class Runtime:
         task.add_done_callback(_report_crash)
         self._workers.append((worker, task))
 
+    def failed_workers(self) -> list[str]:
+        """Workers that ended although nobody stopped them; a liveness probe must fail."""
+        return [task.get_name() for worker, task in self._workers if task.done()]
+
     async def stop_workers(self) -> None:
         """Let each worker finish the batch in hand; cancel what outlives the grace period."""
         for worker, _ in self._workers:

@@ -27,3 +27,20 @@ async def test_the_worker_endpoint_serves_health_and_metrics() -> None:
     assert 'crm_outbox_oldest_unpublished_age_seconds{schema="probe_test"} 12.5' in scraped.text
     assert missing.status_code == 404
     assert refused.status_code == 400
+
+
+async def test_health_fails_once_a_worker_loop_has_died() -> None:
+    dead: list[str] = []
+    server = await start_probe_server("127.0.0.1", 0, lambda: dead)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            alive = await client.get("/healthz")
+            dead.append("consumer:loyalty")
+            after = await client.get("/healthz")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert alive.status_code == 200
+    assert after.status_code == 503
+    assert "consumer:loyalty" in after.text

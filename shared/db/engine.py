@@ -7,12 +7,18 @@ dependencies and consumer wrappers commit, domain code only flushes.
 
 from __future__ import annotations
 
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+
+DATABASE_FAULTS: tuple[type[Exception], ...] = (OSError, DBAPIError, PoolTimeout)
+"""Faults a long-running loop waits out and retries: a lost connection, a failover, a pool
+briefly exhausted. Letting them end the loop would leave a live process doing nothing."""
 
 
 def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:

@@ -23,7 +23,6 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 from sqlalchemy import TextClause, text
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared import metrics
@@ -32,7 +31,7 @@ from shared.events.platform import DEAD_LETTER_TOPIC, EventDeadLettered
 from shared.events.registry import EventRegistry
 from shared.pipeline.outbox import add_envelope
 from shared.pipeline.tables import platform_tables
-from shared.pipeline.transports.base import Record, Subscription, TransportError
+from shared.pipeline.transports.base import PIPELINE_FAULTS, Record, Subscription
 
 log = structlog.get_logger(__name__)
 
@@ -148,7 +147,7 @@ class ConsumerRunner:
                 try:
                     applied = await self.process_batch()
                     failures = 0
-                except (OSError, DBAPIError, TransportError) as exc:
+                except PIPELINE_FAULTS as exc:
                     failures += 1
                     log.warning("consumer.batch_failed", group=self.group.name, error=str(exc))
                     await asyncio.sleep(min(5.0, self.retry_backoff * 2**failures))

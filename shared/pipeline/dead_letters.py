@@ -1,9 +1,9 @@
 """Re-publishing dead letters after the cause is fixed (`crm events replay-dead-letters`).
 
 Source: the consuming service's own outbox. The consumer writes each dead letter there
-(type `event.dead_lettered`, in the transaction that gave up on the event) and the relay
-only marks rows published, never deletes them, so the outbox is a durable record of every
-dead letter the service produced, readable without the broker.
+(type `event.dead_lettered`, in the transaction that gave up on the event), and the
+relay's purge of published rows spares that type, so the outbox is a durable record of
+every dead letter the service produced, readable without the broker.
 
 Replay publishes the original bytes, with the original key, onto the original topic,
 through the transport; the event keeps its id. The consumer that gave up had written an

@@ -22,7 +22,12 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared import metrics
-from shared.pipeline.transports.base import OutgoingMessage, Transport, TransportError
+from shared.events.platform import EventDeadLettered
+from shared.pipeline.transports.base import (
+    PIPELINE_FAULTS,
+    OutgoingMessage,
+    Transport,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -69,7 +74,7 @@ class Relay:
                         await self._lead(connection)
                         return
                     await self.observe_backlog(connection)
-            except (OSError, DBAPIError, TransportError) as exc:
+            except PIPELINE_FAULTS as exc:
                 log.warning("relay.error", schema=self.schema, error=str(exc))
             finally:
                 self.is_leader = False
@@ -168,7 +173,8 @@ class Relay:
         return len(rows)
 
     async def _purge(self, connection: AsyncConnection) -> None:
-        """Drop published rows past retention, at most once a minute, when idle."""
+        """Drop published rows past retention, but for dead letters, at most once a minute,
+        when idle."""
         now = asyncio.get_running_loop().time()
         if now - self._last_purge < 60:
             return
@@ -176,8 +182,11 @@ class Relay:
         await connection.execute(
             text(
                 f'DELETE FROM "{self.schema}".outbox WHERE published_at IS NOT NULL '
-                "AND published_at < now() - make_interval(secs => :seconds)"
+                "AND published_at < now() - make_interval(secs => :seconds) "
+                # Dead letters stay: `crm events replay-dead-letters` reads them from here
+                # after the fix, which may be days later.
+                "AND event_type <> :dead_letter"
             ),
-            {"seconds": self.retention_seconds},
+            {"seconds": self.retention_seconds, "dead_letter": EventDeadLettered.event_type},
         )
         await connection.commit()

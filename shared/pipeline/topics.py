@@ -16,7 +16,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.pipeline.transports.kafka import client_options
+from shared.pipeline.transports.kafka import client_options, retention_ms
 from shared.pipeline.transports.postgres import SCHEMA as EVENTLOG_SCHEMA
 from shared.pipeline.transports.postgres import PostgresTransport
 from shared.settings import Settings
@@ -30,11 +30,6 @@ class TopicReport:
 
     created: list[str] = field(default_factory=list)
     existed: list[str] = field(default_factory=list)
-
-
-def retention_ms(settings: Settings) -> int:
-    """The configured retention in Kafka's unit."""
-    return round(settings.kafka_retention_hours * 3600 * 1000)
 
 
 async def ensure_kafka_topics(settings: Settings, topics: Sequence[str]) -> TopicReport:

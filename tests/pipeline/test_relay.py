@@ -9,6 +9,7 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 
+from shared.events.platform import EventDeadLettered
 from shared.pipeline.outbox import add_event
 from tests.pipeline.harness import SCHEMA, PingRecorded, Pipeline, pings, wait_until
 
@@ -138,3 +139,29 @@ async def test_a_standby_reports_the_backlog_a_stuck_leader_leaves(pipeline: Pip
         await pipeline.scalar(f"SELECT count(*) FROM {SCHEMA}.outbox WHERE published_at IS NULL")
         == 0
     )
+
+
+async def test_the_purge_spares_dead_letters_for_a_later_replay(pipeline: Pipeline) -> None:
+    dead_letter = EventDeadLettered(
+        consumer_group="group-a",
+        original_topic="crm.pings",
+        original_partition=0,
+        original_offset=7,
+        original_key="e0",
+        reason="handler failed",
+        attempts=3,
+        payload="{}",
+        payload_encoding="utf-8",
+    )
+    async with pipeline.sessions() as session, session.begin():
+        await add_event(session, SCHEMA, PingRecorded(entity="e0", seq=0), source="t")
+        await add_event(session, SCHEMA, dead_letter, source="t")
+    async with pipeline.engine.connect() as connection:
+        await connection.execute(
+            text(f"UPDATE {SCHEMA}.outbox SET published_at = now() - interval '2 hours'")
+        )
+        await connection.commit()
+        relay = pipeline.relay()
+        assert await relay.relay_batch(connection) == 0  # idle: the purge runs
+    kept = await pipeline.scalar(f"SELECT string_agg(event_type, ',') FROM {SCHEMA}.outbox")
+    assert kept == EventDeadLettered.event_type

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.db.engine import DATABASE_FAULTS
+
 
 @dataclass(frozen=True, slots=True)
 class OutgoingMessage:
@@ -39,6 +41,10 @@ class Record:
 
 class TransportError(RuntimeError):
     """The transport could not publish or reach its log; the caller retries later."""
+
+
+PIPELINE_FAULTS: tuple[type[Exception], ...] = (*DATABASE_FAULTS, TransportError)
+"""What the relay and the consumers wait out and retry rather than die of."""
 
 
 class Subscription(ABC):

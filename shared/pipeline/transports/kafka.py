@@ -33,6 +33,11 @@ from shared.pipeline.transports.base import (
 from shared.settings import Settings
 
 
+def retention_ms(settings: Settings) -> int:
+    """The configured topic retention in Kafka's unit."""
+    return round(settings.kafka_retention_hours * 3600 * 1000)
+
+
 def client_options(settings: Settings) -> dict[str, Any]:
     """Connection options shared by producer, consumers and the admin client."""
     options: dict[str, Any] = {
@@ -82,6 +87,7 @@ class KafkaTransport(Transport):
                     name,
                     self.settings.kafka_partitions,
                     self.settings.kafka_replication_factor,
+                    topic_configs={"retention.ms": str(retention_ms(self.settings))},
                 )
                 for name in self.topics
                 if name not in existing
