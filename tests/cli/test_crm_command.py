@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,13 +17,17 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
+from pydantic import SecretStr
 
+from shared.auth import Scope, issue_token
 from shared.db.embedded import stop_embedded_server
 from shared.events import EVENTS
 from shared.events.schema import render
+from shared.settings import Settings
 
 CRM = [sys.executable, "-m", "crm"]
 SERVICES = ("contacts", "loyalty", "referrals", "scoring", "messaging")
+DRAIN_SECRET = "drain-test-secret-long-enough-for-hs256-0123456789"
 
 
 def free_port() -> int:
@@ -201,3 +206,63 @@ def test_worker_stops_cleanly_on_sigterm(data_dir: Path) -> None:
     process.send_signal(signal.SIGTERM)
     _, logs = process.communicate(timeout=30)
     assert process.returncode == 0, logs
+
+
+def test_serve_drains_a_request_in_flight_on_sigterm(data_dir: Path) -> None:
+    """SIGTERM mid-upload: the upload still completes, then the process exits."""
+    port = free_port()
+    process = subprocess.Popen(
+        [*CRM, "serve", "contacts"],
+        env=environment(
+            data_dir,
+            CRM_PORT=str(port),
+            CRM_JWT_SECRET=DRAIN_SECRET,
+            CRM_SHUTDOWN_GRACE_SECONDS="10",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}/v1/contacts"
+    header_sent = threading.Event()
+
+    def slow_csv() -> Iterator[bytes]:
+        yield b"email,given_name\n"
+        header_sent.set()
+        time.sleep(1.5)  # SIGTERM arrives while the body is still coming
+        yield b"drained@example.com,Drained\n"
+
+    token = issue_token(
+        Settings(jwt_secret=SecretStr(DRAIN_SECRET)), subject="ops", scopes=[Scope.ADMIN]
+    )
+    responses: list[httpx.Response] = []
+
+    def upload() -> None:
+        responses.append(
+            httpx.post(
+                f"{base}/imports",
+                content=slow_csv(),
+                headers={"Content-Type": "text/csv", "Authorization": f"Bearer {token}"},
+                timeout=30,
+            )
+        )
+
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        uploader = threading.Thread(target=upload)
+        uploader.start()
+        assert header_sent.wait(10)
+        time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        uploader.join(30)
+        assert responses, "the upload got no answer"
+        assert responses[0].status_code == 202, responses[0].text
+        assert responses[0].json()["status"] in ("pending", "running", "completed")
+    finally:
+        stop(process)
