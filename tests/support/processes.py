@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,3 +159,16 @@ async def wait_for_http(client: httpx.AsyncClient, url: str, child: Child, timeo
         if time.monotonic() > deadline:
             raise AssertionError(f"{url} not ready within {timeout} s ({last})\n{child.tail()}")
         await asyncio.sleep(0.1)
+
+
+async def eventually(check: Callable[[], Awaitable[str | None]], timeout: float, what: str) -> None:
+    """Poll `check` (None when satisfied, else what is still missing) until `timeout`.
+
+    Separate processes reach a state some time after the request that caused it; the
+    message of the last check says what was still missing when time ran out.
+    """
+    deadline = time.monotonic() + timeout
+    while (missing := await check()) is not None:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not reached within {timeout} s: {missing}")
+        await asyncio.sleep(0.2)
