@@ -106,6 +106,7 @@ class _Parsed:
     handler: Handler | None = None
     event: Event | None = None
     problem: str | None = None
+    repeat: bool = False  # the batch carries this event id earlier too
 
 
 class ConsumerRunner:
@@ -225,7 +226,7 @@ class ConsumerRunner:
             if item.event is None or item.envelope is None or item.handler is None:
                 count("ignored")
                 continue
-            if item.envelope.id not in fresh:
+            if item.repeat or item.envelope.id not in fresh:
                 count("duplicate")
                 continue
             if not isolate and isinstance(item.handler, BatchHandler):
@@ -322,8 +323,7 @@ class ConsumerRunner:
         seen: set[uuid.UUID] = set()
         for item in items:
             assert item.envelope is not None
-            if item.envelope.id in seen:
-                item.handler = None
+            item.repeat = item.envelope.id in seen
             seen.add(item.envelope.id)
         return fresh
 

@@ -13,6 +13,8 @@ from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.events.envelope import EventEnvelope
@@ -282,3 +284,33 @@ async def test_batch_handlers_keep_order_and_isolate_a_bad_event(pipeline: Pipel
         f"SELECT count(*) FROM {SCHEMA}.outbox WHERE topic = :t", t=DEAD_LETTER_TOPIC
     )
     assert dead == 1
+
+
+async def test_an_event_twice_in_one_batch_counts_as_a_duplicate(pipeline: Pipeline) -> None:
+    await pipeline.publish(pings(entities=1, per_entity=1))
+    async with pipeline.engine.connect() as connection:
+        topic, key, payload = (
+            await connection.execute(text(f"SELECT topic, key, payload FROM {SCHEMA}.outbox"))
+        ).one()
+    message = OutgoingMessage(topic, key, payload.encode())
+    await pipeline.transport.publish([message, message])  # a relay re-sending, back to back
+
+    def outcome(name: str) -> float:
+        labels = {"group": "group-dup", "outcome": name}
+        return REGISTRY.get_sample_value("crm_events_consumed_total", labels) or 0.0
+
+    before = {name: outcome(name) for name in ("applied", "duplicate", "ignored")}
+    consumer = pipeline.consumer("group-dup")
+    await consumer.subscription.start()
+    try:
+        taken = 0
+        deadline = asyncio.get_running_loop().time() + 30  # a Kafka group join takes seconds
+        while taken < 2 and asyncio.get_running_loop().time() < deadline:
+            taken += await consumer.process_batch()
+            await consumer.subscription.wait(0.2)
+    finally:
+        await consumer.subscription.stop()
+    assert taken == 2
+    assert len(await pipeline.applied("group-dup")) == 1
+    after = {name: outcome(name) - before[name] for name in before}
+    assert after == {"applied": 1, "duplicate": 1, "ignored": 0}
