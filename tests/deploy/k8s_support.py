@@ -32,6 +32,7 @@ CRD_SCHEMAS: dict[tuple[str, str], str] = {
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject_v1alpha1.json",
     ("keda.sh/v1alpha1", "TriggerAuthentication"): "triggerauthentication_v1alpha1.json",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor_v1.json",
+    ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitor_v1.json",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule_v1.json",
 }
 CUSTOM_GROUPS = frozenset(api.split("/")[0] for api, _ in CRD_SCHEMAS)
@@ -109,10 +110,36 @@ def workloads(objects: tuple[Manifest, ...], *, crm_only: bool = False) -> list[
     return [obj for obj in found if is_crm(obj)] if crm_only else found
 
 
+def deployment(objects: tuple[Manifest, ...], service: str, role: str) -> Manifest:
+    """The Deployment of one service's API or worker (`role` is "api" or "worker")."""
+    return one(objects, "Deployment", f"crm-{service}-{role}")
+
+
+def main_container(workload: Manifest) -> Manifest:
+    """The one container of a workload's pod (init containers aside)."""
+    main: list[Manifest] = pod_template(workload)["spec"]["containers"]
+    assert len(main) == 1, f"{name_of(workload)}: one container per pod"
+    return main[0]
+
+
+def port(container: Manifest, name: str) -> int:
+    """The number of the container port with that name; fails unless there is exactly one."""
+    ports = [p["containerPort"] for p in container.get("ports", []) if p.get("name") == name]
+    assert len(ports) == 1, f"{container['name']}: no single port named {name}"
+    return int(ports[0])
+
+
 def containers(workload: Manifest) -> list[Manifest]:
     """Init containers and containers of a workload's pod template."""
     spec = pod_template(workload)["spec"]
     return [*spec.get("initContainers", []), *spec.get("containers", [])]
+
+
+def crm_containers(objects: tuple[Manifest, ...]) -> Iterator[tuple[str, Manifest]]:
+    """Every container of the crm workloads, with a "workload/container" name for messages."""
+    for workload in workloads(objects, crm_only=True):
+        for container in containers(workload):
+            yield f"{name_of(workload)}/{container['name']}", container
 
 
 def selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
