@@ -15,7 +15,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+
+from crm.services import ALL_SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -194,3 +197,11 @@ def alerts(objects: tuple[Manifest, ...]) -> Iterator[Manifest]:
     for rule in of_kind(objects, "PrometheusRule"):
         for group in rule["spec"]["groups"]:
             yield from (entry for entry in group["rules"] if "alert" in entry)
+
+
+SERVICES = tuple(service.name for service in ALL_SERVICES)
+CONSUMING = frozenset({"loyalty", "referrals", "scoring", "messaging"})  # contacts: relay only
+
+needs_kubectl = pytest.mark.skipif(
+    kubectl() is None, reason="kubectl is not installed: the overlays cannot be rendered"
+)

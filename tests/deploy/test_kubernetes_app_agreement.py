@@ -20,14 +20,7 @@ from shared.probe_server import start_probe_server
 from shared.runtime import Runtime
 from shared.settings import REQUIRED_IN_PRODUCTION, Settings, known_environment_variables
 from tests.deploy import k8s_support as k8s
-from tests.deploy.k8s_fixtures import (  # noqa: F401
-    SERVICES,
-    needs_kubectl,
-    objects_fixture,
-    overlay_fixture,
-    settings_fixture,
-)
-from tests.deploy.k8s_support import Manifest
+from tests.deploy.k8s_support import SERVICES, Manifest, needs_kubectl
 
 pytestmark = needs_kubectl
 

@@ -10,13 +10,7 @@ from __future__ import annotations
 import re
 
 from tests.deploy import k8s_support as k8s
-from tests.deploy.k8s_fixtures import (  # noqa: F401
-    CONSUMING,
-    needs_kubectl,
-    objects_fixture,
-    overlay_fixture,
-)
-from tests.deploy.k8s_support import Manifest
+from tests.deploy.k8s_support import CONSUMING, Manifest, needs_kubectl
 
 RUNBOOKS = frozenset(
     {

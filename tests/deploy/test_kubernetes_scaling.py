@@ -13,15 +13,7 @@ import re
 from shared.settings import Settings
 from tests.deploy import k8s_connections as connections
 from tests.deploy import k8s_support as k8s
-from tests.deploy.k8s_fixtures import (  # noqa: F401
-    CONSUMING,
-    SERVICES,
-    needs_kubectl,
-    objects_fixture,
-    overlay_fixture,
-    settings_fixture,
-)
-from tests.deploy.k8s_support import Manifest
+from tests.deploy.k8s_support import CONSUMING, SERVICES, Manifest, needs_kubectl
 
 pytestmark = needs_kubectl
 

@@ -11,12 +11,7 @@ import re
 from typing import Any
 
 from tests.deploy import k8s_support as k8s
-from tests.deploy.k8s_fixtures import (  # noqa: F401
-    needs_kubectl,
-    objects_fixture,
-    overlay_fixture,
-)
-from tests.deploy.k8s_support import Manifest
+from tests.deploy.k8s_support import Manifest, needs_kubectl
 
 SECRET_SETTINGS = frozenset(
     {
