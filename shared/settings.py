@@ -31,6 +31,21 @@ PostgreSQL transport, a key generated into the data folder, links to localhost. 
 of a real deployment would each invent their own, so the manifests must set them.
 """
 
+SECRET_ENVIRONMENT_VARIABLES: frozenset[str] = frozenset(
+    {
+        "CRM_DATABASE_URL",
+        *(f"CRM_{service.upper()}_DATABASE_URL" for service in SERVICE_NAMES),
+        "CRM_JWT_KEYS",
+        "CRM_JWT_SECRET",
+        "CRM_KAFKA_SASL_PASSWORD",
+        "CRM_SMTP_PASSWORD",
+        "CRM_MESSAGING_WEBHOOK_SECRET",
+        "CRM_MESSAGING_PROVIDERS",
+    }
+)
+"""Settings whose values are credentials (database URLs carry the password, providers their
+tokens): deployments take them from a secret store, never from a manifest or an image."""
+
 
 class Settings(BaseSettings):
     """All settings of a CRM process; see the README's configuration table."""

@@ -60,16 +60,16 @@ def start_up(data_dir: Path, port: int) -> subprocess.Popen[str]:
     )
 
 
-def wait_healthy(port: int, timeout: float = 20.0) -> None:
+def wait_healthy(port: int, service: str = "contacts", timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/contacts/healthz").status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/{service}/healthz").status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    raise AssertionError(f"crm up did not serve within {timeout} s")
+    raise AssertionError(f"{service} did not serve within {timeout} s")
 
 
 def stop(process: subprocess.Popen[str]) -> str:
@@ -175,13 +175,7 @@ def test_serve_runs_one_service_alone(data_dir: Path) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/loyalty/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_healthy(port, "loyalty")
         assert httpx.get(f"http://127.0.0.1:{port}/v1/loyalty/readyz").status_code == 200
         assert httpx.get(f"http://127.0.0.1:{port}/v1/contacts/healthz").status_code == 404
     finally:
@@ -248,13 +242,7 @@ def test_serve_drains_a_request_in_flight_on_sigterm(data_dir: Path) -> None:
         )
 
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_healthy(port)
         uploader = threading.Thread(target=upload)
         uploader.start()
         assert header_sent.wait(10)

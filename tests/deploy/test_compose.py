@@ -23,6 +23,7 @@ import yaml
 
 from shared.settings import (
     REQUIRED_IN_PRODUCTION,
+    SECRET_ENVIRONMENT_VARIABLES,
     SERVICE_NAMES,
     Settings,
     known_environment_variables,
@@ -36,17 +37,6 @@ NGINX_CONF = COMPOSE_DIR / "nginx.conf"
 
 API_PORT = 8000
 # Settings whose values are secrets: compose.yaml may only take them from .env.
-SECRETS = frozenset(
-    {
-        "CRM_DATABASE_URL",
-        "CRM_JWT_KEYS",
-        "CRM_JWT_SECRET",
-        "CRM_KAFKA_SASL_PASSWORD",
-        "CRM_SMTP_PASSWORD",
-        "CRM_MESSAGING_WEBHOOK_SECRET",
-        "CRM_MESSAGING_PROVIDERS",
-    }
-)
 # `${NAME`, but not the escaped `$${NAME}` that the container's shell expands.
 INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)")
 ENV_LINE = re.compile(r"^(#\s*)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
@@ -267,7 +257,7 @@ def test_secrets_come_from_env_only(
 ) -> None:
     for name, service in services.items():
         for key, value in _environment(service).items():
-            if key in SECRETS or "PASSWORD" in key:
+            if key in SECRET_ENVIRONMENT_VARIABLES or "PASSWORD" in key:
                 assert INTERPOLATION.search(value), f"{name}: {key} is written in compose.yaml"
         database_url = _environment(service).get("CRM_DATABASE_URL")
         if database_url:
@@ -277,7 +267,11 @@ def test_secrets_come_from_env_only(
             assert password and re.fullmatch(r"\$\{[^}]+\}", password.group(1)), database_url
     active, commented = example
     for key, value in {**active, **commented}.items():
-        if (key in SECRETS or "PASSWORD" in key) and value and key != "CRM_DATABASE_URL":
+        if (
+            (key in SECRET_ENVIRONMENT_VARIABLES or "PASSWORD" in key)
+            and value
+            and key != "CRM_DATABASE_URL"
+        ):
             assert "change-me" in value, f".env.example: {key} needs a change-me placeholder"
 
 

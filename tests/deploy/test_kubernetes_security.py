@@ -10,20 +10,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from shared.settings import SECRET_ENVIRONMENT_VARIABLES
 from tests.deploy import k8s_support as k8s
 from tests.deploy.k8s_support import Manifest, needs_kubectl
-
-SECRET_SETTINGS = frozenset(
-    {
-        "CRM_DATABASE_URL",
-        "CRM_JWT_KEYS",
-        "CRM_JWT_SECRET",
-        "CRM_KAFKA_SASL_PASSWORD",
-        "CRM_SMTP_PASSWORD",
-        "CRM_MESSAGING_WEBHOOK_SECRET",
-        "CRM_MESSAGING_PROVIDERS",
-    }
-)
 
 pytestmark = needs_kubectl
 
@@ -31,10 +20,10 @@ pytestmark = needs_kubectl
 def test_secrets_are_only_references(objects: tuple[Manifest, ...]) -> None:
     for secret in k8s.of_kind(objects, "Secret"):
         assert not secret.get("data") and not secret.get("stringData"), k8s.name_of(secret)
-    assert not SECRET_SETTINGS & set(k8s.settings_data(objects))
+    assert not SECRET_ENVIRONMENT_VARIABLES & set(k8s.settings_data(objects))
     for where, container in k8s.crm_containers(objects):
         for name, source in k8s.environment(container, objects).items():
-            if name in SECRET_SETTINGS:
+            if name in SECRET_ENVIRONMENT_VARIABLES:
                 assert source.origin == "secret", f"{where}: {name} must come from a Secret"
             if source.origin == "secret":
                 assert (source.secret, source.key) == ("crm-secrets", name), where
