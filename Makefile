@@ -10,7 +10,7 @@ UV_VERSION := 0.13.8
 # uv installs the pinned dependencies several times faster than pip; pip only bootstraps it.
 PIP := $(BIN)/uv pip install --quiet --python $(BIN)/python
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench lock clean
 
 # `make run` installs only what the services need, so a fresh machine serves sooner;
 # the test, lint and bench targets add the test extras.
@@ -47,6 +47,12 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.loyalty
 	$(BIN)/python -m bench.scoring
 	$(BIN)/python -m bench.messaging
+
+# The container image installs exactly this: every package, transitive ones included, at
+# one version and hash. Run after changing a pin in pyproject.toml.
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 \
+		--generate-hashes --quiet -o deploy/requirements.lock
 
 clean:
 	rm -rf $(VENV) .crm .pytest_cache .mypy_cache .ruff_cache *.egg-info

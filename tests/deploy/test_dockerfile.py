@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 PYPROJECT = ROOT / "pyproject.toml"
+LOCK = ROOT / "deploy" / "requirements.lock"
 
 
 @dataclass
@@ -131,29 +132,52 @@ def _pip_installs(stage: Stage) -> list[list[str]]:
     return installs
 
 
-def test_dependencies_come_from_the_pyproject_pins(stages: list[Stage]) -> None:
+def test_dependencies_come_from_the_hashed_lock(stages: list[Stage]) -> None:
     builder = stages[0]
     installs = _pip_installs(builder)
-    assert installs, "the builder stage installs nothing with pip"
-    for arguments in installs:
-        targets = [word for word in arguments if not word.startswith("-")]
-        assert targets == ["."], f"installs something besides the project: {arguments}"
-        assert not {"-r", "--requirement", "-c", "--constraint"} & set(arguments)
-    # The first install resolves the dependencies (the project's pins, from the
-    # pyproject copied before it); later ones may only re-install the project itself.
-    assert "--no-deps" not in installs[0]
+    assert len(installs) == 2, installs
+    # First the lock, every hash checked; then the project alone, without resolving.
+    assert installs[0][-2:] == ["-r", "requirements.lock"], installs[0]
+    assert "--require-hashes" in installs[0]
+    assert [w for w in installs[1] if not w.startswith("-")] == ["."]
+    assert "--no-deps" in installs[1]
     instructions = builder.instructions
     first_install = next(
         i for i, (kw, args) in enumerate(instructions) if kw == "RUN" and "pip" in args
     )
     copied = [args.split() for kw, args in instructions[:first_install] if kw == "COPY"]
-    assert any("pyproject.toml" in words[:-1] for words in copied)
+    assert ["deploy/requirements.lock", "./"] in copied
     assert "pip" not in " ".join(" ".join(s.args_of("RUN")) for s in stages[1:]), (
         "the final stage must not install anything itself"
     )
-    # The pins the image installs are the project's exact ones, not ranges.
+
+
+def _locked_versions() -> dict[str, str]:
+    versions = {}
+    for line in LOCK.read_text().splitlines():
+        if found := re.match(r"([A-Za-z0-9_.\-]+)==([^\s;]+)", line):
+            versions[_normal(found[1])] = found[2]
+    return versions
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_lock_holds_the_exact_pins_of_pyproject_with_hashes() -> None:
+    locked = _locked_versions()
     for requirement in tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]:
-        assert "==" in requirement, f"not pinned: {requirement}"
+        name, _, version = requirement.partition("==")
+        assert version, f"not pinned: {requirement}"
+        name = _normal(name.split("[")[0])
+        assert locked.get(name) == version, (
+            f"deploy/requirements.lock has {name} {locked.get(name)}, pyproject.toml {version}:"
+            " run `make lock`"
+        )
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", LOCK.read_text().split("\n", 2)[-1].strip())
+    for block in blocks:
+        assert "--hash=sha256:" in block, f"no hash for {block.splitlines()[0]}"
+    assert not {"pytest", "ruff", "mypy", "hypothesis"} & set(locked), "test tools in the image"
 
 
 def test_final_stage_runs_crm_as_a_non_root_user(stages: list[Stage]) -> None:
