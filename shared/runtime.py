@@ -151,7 +151,7 @@ class Runtime:
 
     def failed_workers(self) -> list[str]:
         """Workers that ended although nobody stopped them; a liveness probe must fail."""
-        return [task.get_name() for worker, task in self._workers if task.done()]
+        return [task.get_name() for _, task in self._workers if task.done()]
 
     async def stop_workers(self) -> None:
         """Let each worker finish the batch in hand; cancel what outlives the grace period."""

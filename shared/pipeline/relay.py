@@ -118,7 +118,7 @@ class Relay:
                 )
                 await connection.commit()
 
-    async def observe_backlog(self, connection: AsyncConnection) -> float:
+    async def observe_backlog(self, connection: AsyncConnection) -> None:
         """Report how long the oldest unpublished row has waited, in seconds.
 
         Standbys report it too: when the leader is stuck, its own figure freezes while
@@ -133,10 +133,8 @@ class Relay:
                 )
             )
         ).scalar_one_or_none()
-        age = age or 0
         await connection.commit()
-        metrics.OUTBOX_OLDEST_AGE.labels(self.schema).set(float(age))
-        return float(age)
+        metrics.OUTBOX_OLDEST_AGE.labels(self.schema).set(float(age or 0))
 
     async def _sleep(self, seconds: float) -> None:
         try:

@@ -11,17 +11,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import TopicAlreadyExistsError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.pipeline.transports.kafka import client_options, retention_ms
+from shared.pipeline.transports.kafka import client_options, new_topic
 from shared.pipeline.transports.postgres import SCHEMA as EVENTLOG_SCHEMA
 from shared.pipeline.transports.postgres import PostgresTransport
 from shared.settings import Settings
 
-__all__ = ["TopicReport", "ensure_eventlog_topics", "ensure_kafka_topics", "retention_ms"]
+__all__ = ["TopicReport", "ensure_eventlog_topics", "ensure_kafka_topics"]
 
 
 @dataclass
@@ -44,14 +44,8 @@ async def ensure_kafka_topics(settings: Settings, topics: Sequence[str]) -> Topi
             if name in existing:
                 report.existed.append(name)
                 continue
-            topic = NewTopic(
-                name,
-                settings.kafka_partitions,
-                settings.kafka_replication_factor,
-                topic_configs={"retention.ms": str(retention_ms(settings))},
-            )
             try:
-                await admin.create_topics([topic])
+                await admin.create_topics([new_topic(settings, name)])
                 report.created.append(name)
             except TopicAlreadyExistsError:
                 report.existed.append(name)  # another process created it first

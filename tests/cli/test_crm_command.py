@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,16 +23,11 @@ from shared.db.embedded import stop_embedded_server
 from shared.events import EVENTS
 from shared.events.schema import render
 from shared.settings import Settings
+from tests.support.processes import free_port
 
 CRM = [sys.executable, "-m", "crm"]
 SERVICES = ("contacts", "loyalty", "referrals", "scoring", "messaging")
 DRAIN_SECRET = "drain-test-secret-long-enough-for-hs256-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

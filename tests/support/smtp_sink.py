@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import email
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +15,8 @@ from email.policy import default
 from typing import Any
 
 from aiosmtpd.controller import Controller
+
+from tests.support.processes import free_port
 
 
 class Sink:
@@ -44,12 +45,6 @@ class Sink:
     def to(self, address: str) -> list[EmailMessage]:
         with self._lock:
             return [m for m in self.messages if m["To"] == address]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextmanager

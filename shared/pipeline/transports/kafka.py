@@ -33,9 +33,15 @@ from shared.pipeline.transports.base import (
 from shared.settings import Settings
 
 
-def retention_ms(settings: Settings) -> int:
-    """The configured topic retention in Kafka's unit."""
-    return round(settings.kafka_retention_hours * 3600 * 1000)
+def new_topic(settings: Settings, name: str) -> NewTopic:
+    """Topic `name` as configured: partitions, replication factor and retention."""
+    retention_ms = round(settings.kafka_retention_hours * 3600 * 1000)
+    return NewTopic(
+        name,
+        settings.kafka_partitions,
+        settings.kafka_replication_factor,
+        topic_configs={"retention.ms": str(retention_ms)},
+    )
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -83,14 +89,7 @@ class KafkaTransport(Transport):
         try:
             existing = set(await admin.list_topics())
             missing = [
-                NewTopic(
-                    name,
-                    self.settings.kafka_partitions,
-                    self.settings.kafka_replication_factor,
-                    topic_configs={"retention.ms": str(retention_ms(self.settings))},
-                )
-                for name in self.topics
-                if name not in existing
+                new_topic(self.settings, name) for name in self.topics if name not in existing
             ]
             if missing:
                 try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +27,7 @@ from shared.pipeline.tables import platform_tables
 from shared.settings import Settings
 from tests.http.app import client_for
 from tests.services.contacts.helpers import add_consent, events, sign_up
+from tests.support.processes import free_port
 
 T0 = datetime(2026, 3, 1, 8, 30, tzinfo=UTC)
 
@@ -402,12 +402,6 @@ async def test_export_refusals(
 
 
 # Gathering the other services' parts, from a real HTTP server.
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def other_services() -> FastAPI:
